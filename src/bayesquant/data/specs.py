@@ -1,0 +1,56 @@
+"""Data SPECs (`NAME:SPLIT` or `text:PATH`) → data objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bayesquant.data.images import ImageData, load_digits, load_idx_images
+from bayesquant.data.text import TextData, load_bbc_news, load_text_file
+from bayesquant.errors import DataError
+
+SPLITS = {
+    "mnist": ("train", "test"),
+    "fashion-mnist": ("train", "test"),
+    "digits": ("train", "test"),
+    "bbc-news": ("train", "test", "all"),
+    "text": (),  # text:PATH
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed SPEC: `name` and `split` (for `text`, `split` is the file path)."""
+
+    name: str
+    split: str
+
+    @classmethod
+    def parse(cls, spec: str) -> DataSpec:
+        name, sep, split = spec.partition(":")
+        valid = ", ".join([f"{n}:{'|'.join(s)}" for n, s in SPLITS.items() if s] + ["text:PATH"])
+        if not sep or not split or name not in SPLITS:
+            raise DataError(f"--data {spec!r}: unknown SPEC; valid: {valid}")
+        if SPLITS[name] and split not in SPLITS[name]:
+            raise DataError(f"--data {spec!r}: unknown split {split!r}; valid: {', '.join(SPLITS[name])}")
+        return cls(name, split)
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.split}"
+
+
+def load_dataset(spec: str | DataSpec, root: str | Path | None = None) -> ImageData | TextData:
+    """Load a SPEC such as `mnist:test`, `bbc-news:train` or `text:notes.txt.gz`.
+
+    >>> data = load_dataset("digits:test")
+    >>> data.images.shape
+    torch.Size([359, 1, 8, 8])
+    """
+    s = spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)
+    if s.name in ("mnist", "fashion-mnist"):
+        return load_idx_images(s.name, s.split, root)
+    if s.name == "digits":
+        return load_digits(s.split)
+    if s.name == "bbc-news":
+        return load_bbc_news(s.split)
+    return load_text_file(s.split)

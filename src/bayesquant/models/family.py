@@ -1,0 +1,69 @@
+"""Model families described as data: which modules are quantizable and what the block sequence is.
+
+Later stages (posteriors, layer-by-layer quantization) ask a family for `quantizable(model)` and
+`blocks(model)` instead of carrying per-model surgery code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to walk one family of models.
+
+    name: e.g. "llama".
+    blocks: dotted path to the sequence of blocks processed one after another (a ModuleList or
+        Sequential), or None when the whole model is a single block.
+    quantizable: module types whose `weight` is quantized.
+    skip: fnmatch patterns of qualified names never quantized (e.g. the tied LM head).
+    """
+
+    name: str
+    blocks: str | None
+    quantizable: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+    skip: tuple[str, ...] = ()
+
+    def quantizable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Qualified name → module, in registration (forward) order."""
+        return {
+            name: m
+            for name, m in model.named_modules()
+            if isinstance(m, self.quantizable) and not any(fnmatch.fnmatchcase(name, p) for p in self.skip)
+        }
+
+    def block_list(self, model: nn.Module) -> list[nn.Module]:
+        """The blocks in order; `[model]` when the family has no block path."""
+        if self.blocks is None:
+            return [model]
+        seq = model.get_submodule(self.blocks)
+        return list(seq.children())
+
+    def block_prefix(self, index: int) -> str:
+        """Qualified-name prefix of block `index` (for mapping plan entries to blocks)."""
+        return "" if self.blocks is None else f"{self.blocks}.{index}."
+
+
+FAMILIES: dict[str, Family] = {
+    # SmolLM2 and other Llama decoders: the tied embedding/LM head stays in floating point.
+    "llama": Family("llama", blocks="model.layers", quantizable=(nn.Linear,), skip=("lm_head",)),
+    # A BERT encoder on its own (MiniLM).
+    "bert": Family("bert", blocks="encoder.layer", quantizable=(nn.Linear,), skip=("pooler.*",)),
+    # BERT encoder + classification head (minilm-bbc); the pooler is unused.
+    "bert-classifier": Family(
+        "bert-classifier",
+        blocks="encoder.encoder.layer",
+        quantizable=(nn.Linear,),
+        skip=("encoder.pooler.*",),
+    ),
+    # Small CNNs and MLPs: one block, every Linear/Conv2d quantizable.
+    "small-net": Family("small-net", blocks=None),
+    # Residual nets: the stem, each residual block, and the head are processed in order.
+    "resnet": Family("resnet", blocks="net"),
+    # EfficientNet-Lite: its MBConv blocks.
+    "efficientnet": Family("efficientnet", blocks="net._blocks"),
+}

@@ -1,0 +1,56 @@
+"""Where bayesquant keeps what it downloads, converts or trains."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The user cache: `$BAYESQUANT_CACHE`, else `$XDG_CACHE_HOME/bayesquant`, else `~/.cache/bayesquant`."""
+    if env := os.environ.get("BAYESQUANT_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "bayesquant"
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory next to `final`; rename it to `final` only if the block succeeds.
+
+    An interrupted job leaves no half-written `final` behind (at most a `.tmp-*` directory that the next
+    run ignores).
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            _rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        _rmtree(tmp)
+        raise
+
+
+@contextmanager
+def atomic_file(final: Path, mode: str = "wb") -> Iterator:
+    """Open a temporary file next to `final` for writing; rename it over `final` when the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".tmp-{final.name}-", dir=final.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+        os.replace(name, final)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bayesquant.cli import main
+from bayesquant.data.idx import IDX_FILES
+from tests.conftest import write_idx
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bayesquant: error:"), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_unknown_model_key(capsys):
+    code, _, err = run(capsys, "eval", "--model", "llama-9000", "--data", "mnist:test")
+    assert_one_line_error(code, err, "llama-9000", "valid:", "smollm2-135m")
+
+
+def test_unknown_spec_and_split(capsys):
+    code, _, err = run(capsys, "eval", "--model", "digit-cnn", "--data", "cifar:test")
+    assert_one_line_error(code, err, "cifar:test", "valid:")
+    code, _, err = run(capsys, "eval", "--model", "digit-cnn", "--data", "mnist:dev")
+    assert_one_line_error(code, err, "unknown split 'dev'")
+
+
+def test_missing_data_says_how_to_get_it(capsys, tmp_path, monkeypatch, isolated_cache):
+    monkeypatch.setenv("BAYESQUANT_DATA", str(tmp_path))
+    monkeypatch.setattr("bayesquant.data.sources.SYSTEM_DIRS", {})
+    code, _, err = run(capsys, "eval", "--model", "digit-cnn", "--data", "fashion-mnist:test")
+    assert_one_line_error(code, err, "fashion-mnist not found", "bayesquant data fetch fashion-mnist")
+
+
+def test_corrupt_idx_file(capsys, tmp_path, monkeypatch, isolated_cache):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    for key, spec in IDX_FILES["mnist"].items():
+        write_idx(d / f"{spec.name}.gz", np.zeros((3, 28, 28) if "images" in key else (3,), np.uint8))
+    bad = d / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:-5])
+    monkeypatch.setenv("BAYESQUANT_DATA", str(tmp_path))
+    code, _, err = run(capsys, "eval", "--model", "digit-cnn", "--data", "mnist:test")
+    assert_one_line_error(code, err, "t10k-images-idx3-ubyte.gz", "cannot be read or decompressed")
+
+
+def test_empty_split(capsys, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    code, _, err = run(capsys, "eval", "--model", "smollm2-135m", "--data", f"text:{empty}")
+    assert_one_line_error(code, err, "is empty")
+
+
+def test_task_mismatch(capsys):
+    code, _, err = run(capsys, "eval", "--model", "digit-cnn", "--data", "bbc-news:test")
+    assert_one_line_error(code, err, "classifies images")
+
+
+def test_bad_number_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", "digit-cnn", "--data", "mnist:test", "--max-examples", "0"])
+    assert exc.value.code == 2
+
+
+def test_debug_shows_the_traceback():
+    from bayesquant.errors import UserError
+
+    with pytest.raises(UserError):
+        main(["--debug", "eval", "--model", "nope", "--data", "mnist:test"])
+
+
+@pytest.mark.integration
+def test_eval_writes_json_with_named_metrics(capsys, tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(
+        capsys, "eval", "--model", "digit-cnn", "--data", "mnist:test", "--max-examples", "200", "--json", str(out)
+    )
+    assert code == 0 and "accuracy" in stdout
+    result = json.loads(out.read_text())
+    for key in ("accuracy", "nll", "ece", "brier", "seconds", "peak_rss_gb"):
+        assert key in result
+    assert result["n"] == 200 and result["accuracy"] > 0.95
+
+
+def test_models_list(capsys):
+    code, out, _ = run(capsys, "models", "list")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["key", "task", "parameters", "source", "licence", "cached"]
+    assert sum(1 for line in out.splitlines() if line.startswith(("lenet5-mnist", "digit-cnn"))) == 2

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from bayesquant.data import DataSpec, calibration_windows, eval_windows, load_bbc_news, load_dataset
+from bayesquant.errors import DataError
+
+
+def test_bbc_split_sizes_labels_and_hash():
+    test, train = load_bbc_news("test"), load_bbc_news("train")  # the content hash is verified on load
+    assert (len(test), len(train)) == (223, 2002)
+    assert test.classes == ["tech", "business", "politics", "sports", "entertainment"]
+    assert set(train.labels.tolist()) == set(range(5))
+    order = json.loads((Path(__file__).parents[2] / "shared/data/bbc-news-order.json").read_text())["order"]
+    expected = [test.classes.index(rel.split("/")[0]) for rel in order[::10]]
+    assert test.labels.tolist() == expected
+
+
+def test_bbc_changed_content_is_detected(monkeypatch):
+    monkeypatch.setitem(__import__("bayesquant.data.text", fromlist=["x"]).BBC_SHA256_PREFIX, "test", "0000")
+    with pytest.raises(DataError, match="content hash"):
+        load_bbc_news("test")
+
+
+def test_text_file_plain_and_gz(tmp_path):
+    (tmp_path / "a.txt").write_text("héllo world\n", encoding="utf-8")
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress("héllo world\n".encode()))
+    for name in ("a.txt", "a.txt.gz"):
+        data = load_dataset(f"text:{tmp_path / name}")
+        assert data.joined() == "héllo world\n" and data.labels is None
+
+
+def test_text_file_errors(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_dataset(f"text:{tmp_path / 'latin1.txt'}")
+    with pytest.raises(DataError, match="is empty"):
+        load_dataset(f"text:{tmp_path / 'empty.txt'}")
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(f"text:{tmp_path / 'missing.txt'}")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("mnist", "unknown SPEC"),
+        ("imagenet:test", "unknown SPEC"),
+        ("mnist:val", "unknown split 'val'"),
+        ("text:", "unknown SPEC"),
+    ],
+)
+def test_bad_specs(spec, message):
+    with pytest.raises(DataError, match=message):
+        DataSpec.parse(spec)
+
+
+def test_eval_windows_drop_the_partial_window():
+    ids = torch.arange(1030)
+    w = eval_windows(ids, 512)
+    assert w.shape == (2, 512) and w[1, 0] == 512
+    assert eval_windows(ids, 512, max_windows=1).shape == (1, 512)
+    with pytest.raises(DataError, match="fewer than one window"):
+        eval_windows(torch.arange(100), 512)
+
+
+def test_calibration_windows_follow_the_gptq_sampling():
+    ids = torch.arange(10_000)
+    random.seed(0)  # the reference: seed once, then one randint per window
+    starts = [random.randint(0, 10_000 - 64 - 1) for _ in range(8)]
+    w = calibration_windows(ids, n_windows=8, seq_len=64, seed=0)
+    assert w[:, 0].tolist() == starts
+    assert (w[:, 1:] - w[:, :-1] == 1).all()

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import entropy as scipy_entropy
+from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
+
+from bayesquant.eval import metrics as M
+
+
+@pytest.fixture
+def probs_labels():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(200, 4, generator=g, dtype=torch.float64) * 2
+    probs = torch.softmax(logits, -1)
+    labels = torch.randint(0, 4, (200,), generator=g)
+    return probs, labels
+
+
+def test_accuracy_nll_brier_match_scikit_learn(probs_labels):
+    p, y = probs_labels
+    assert M.accuracy(p, y) == pytest.approx(accuracy_score(y, p.argmax(-1)))
+    assert M.nll(p, y) == pytest.approx(log_loss(y, p.numpy(), labels=range(4)), rel=1e-12)
+    # scikit-learn's multiclass Brier score is the mean over examples of the squared error summed over classes
+    assert M.brier(p, y) == pytest.approx(brier_score_loss(y, p.numpy(), labels=range(4)), rel=1e-12)
+
+
+def test_ece_hand_computed():
+    # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct), 0.3 … top class 0.4 (wrong)
+    p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 0])
+    # bins: (0.8667, 0.9333] holds two with acc 0.5, conf 0.9; (0.5333, 0.6] holds two (0.6 and 0.6):
+    # one correct (conf 0.6), one wrong (conf 0.6) → acc 0.5, conf 0.6
+    expected = 0.5 * abs(0.5 - 0.9) + 0.5 * abs(0.5 - 0.6)
+    assert M.ece(p, y) == pytest.approx(expected)
+    perfect = torch.eye(3, dtype=torch.float64)
+    assert M.ece(perfect, torch.arange(3)) == 0.0
+
+
+def test_entropy_and_mutual_information():
+    uniform = torch.full((1, 4), 0.25, dtype=torch.float64)
+    assert float(M.entropy(uniform)) == pytest.approx(math.log(4))
+    p = torch.softmax(torch.randn(5, 3, dtype=torch.float64), -1)
+    np.testing.assert_allclose(M.entropy(p).numpy(), scipy_entropy(p.numpy(), axis=-1))
+    # two confident but disagreeing samples: predictive entropy log 2, expected entropy ≈ 0, MI ≈ log 2
+    samples = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=torch.float64)
+    assert float(M.predictive_entropy(samples)) == pytest.approx(math.log(2))
+    assert float(M.mutual_information(samples)) == pytest.approx(math.log(2), abs=1e-9)
+    same = torch.stack([p, p])
+    assert torch.allclose(M.mutual_information(same), torch.zeros(5, dtype=torch.float64))
+
+
+def test_auroc_matches_scikit_learn_and_rejects_one_class():
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    pos = torch.tensor([0, 0, 1, 1])
+    assert M.auroc(scores, pos) == pytest.approx(roc_auc_score(pos, scores)) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="both positive and negative"):
+        M.auroc(scores, torch.ones(4))
+
+
+def test_agreement_and_kl(probs_labels):
+    p, _ = probs_labels
+    q = torch.softmax(torch.log(p) + 0.3 * torch.randn_like(p), -1)
+    assert M.agreement(p, p) == 1.0
+    assert M.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+    expected = float(np.mean(scipy_entropy(p.numpy(), q.numpy(), axis=-1)))
+    assert M.kl_divergence(p, q) == pytest.approx(expected, rel=1e-10)
+    assert M.agreement(p, q) == pytest.approx(float((p.argmax(-1) == q.argmax(-1)).double().mean()))
+
+
+def test_perplexity():
+    assert M.perplexity(math.log(29.2)) == pytest.approx(29.2)
