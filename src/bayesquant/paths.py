@@ -28,6 +28,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
         if final.exists():
             _rmtree(final)
         tmp.rename(final)

@@ -40,7 +40,7 @@ CANONICAL_URLS = {
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("BAYESQUANT_OFFLINE", "HF_HUB_OFFLINE"))
+    return os.environ.get("BAYESQUANT_OFFLINE", "") not in ("", "0")
 
 
 def _complete(directory: Path, name: str) -> bool:
@@ -101,7 +101,7 @@ def download_canonical(name: str, timeout: float = 15.0) -> Path:
                 files = {}
                 for key, spec in IDX_FILES[name].items():
                     target = Path(tmp) / f"{spec.name}.gz"
-                    log.warning("downloading %s%s.gz", base, spec.name)
+                    log.info("downloading %s%s.gz", base, spec.name)
                     with (
                         urllib.request.urlopen(f"{base}{spec.name}.gz", timeout=timeout) as r,
                         open(target, "wb") as out,
