@@ -122,6 +122,48 @@ def cmd_eval(args: argparse.Namespace) -> None:
     write_json(args.json, result)
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from bayesquant.api import quantize
+    from bayesquant.config import QuantizeConfig
+    from bayesquant.io import size_report
+
+    config = QuantizeConfig(
+        method=args.method, bits=args.bits, group_size=args.group_size, symmetric=args.symmetric,
+        act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, block_size=args.block_size,
+        calib=args.calib, nsamples=args.nsamples, seq_len=args.seq_len, seed=args.seed,
+    )  # fmt: skip
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out}: already exists; choose another directory or pass --overwrite")
+    result = quantize(args.model, config)
+    saved = result.save(out)
+    size = size_report(saved)
+    summary: dict[str, Any] = {
+        "model": result.model.key,
+        "method": config.method.value,
+        "bits": config.bits,
+        "group_size": config.group_size or "channel",
+        "act_order": config.act_order,
+        "nominal_bits": size["nominal_bits"],
+        "storable_bits": size["storable_bits"],
+        "quantize_seconds": result.seconds,
+        "peak_rss_gb": peak_rss_gb(),
+        "out": str(saved),
+        "config": config.to_dict(),
+    }
+    if args.eval:
+        from bayesquant.eval import evaluate
+
+        metrics = evaluate(result.model, args.eval, max_windows=args.max_windows)
+        summary |= {k: v for k, v in metrics.items() if k not in ("model",)}
+        summary["eval_seconds"] = metrics["seconds"]
+        summary["peak_rss_gb"] = peak_rss_gb()
+    shown = ["model", "method", "bits", "group_size", "nominal_bits", "storable_bits", "quantize_seconds"]
+    shown += [k for k in ("perplexity", "accuracy", "nll", "ece") if k in summary] + ["peak_rss_gb"]
+    print_table([summary], shown)
+    write_json(args.json, summary)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -160,6 +202,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="classifiers: KEY|DIR for agreement and KL")
     p.add_argument("--json", help="write the metrics as one JSON object to this path")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quantize", help="quantize a model and save it in the packed format")
+    p.add_argument("--model", required=True, help="zoo KEY")
+    p.add_argument("--method", default="gptq", help="rtn | gptq")
+    p.add_argument("--bits", type=int, default=4, help="code width, 1..8")
+    p.add_argument("--group-size", type=_positive_int, help="weights per group along the input (default: per channel)")
+    p.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
+    p.add_argument("--static-groups", action="store_true", help="GPTQ: fix group grids before the updates")
+    p.add_argument("--symmetric", action="store_true", help="symmetric grids (default asymmetric min–max)")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H)")
+    p.add_argument("--block-size", type=_positive_int, default=128, help="GPTQ lazy-update block size")
+    p.add_argument("--calib", help="calibration SPEC (default: the model's training split)")
+    p.add_argument("--nsamples", type=_positive_int, help="calibration windows / images / articles")
+    p.add_argument("--seq-len", type=_positive_int, default=512, help="calibration window length (tokens)")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--eval", metavar="SPEC", help="evaluate the quantized model on SPEC afterwards")
+    p.add_argument("--max-windows", type=_positive_int, help="with --eval: evaluate the first N windows")
+    p.add_argument("--json", help="write the summary as one JSON object to this path")
+    p.set_defaults(func=cmd_quantize)
     return parser
 
 

@@ -29,6 +29,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        for f in tmp.iterdir():
+            if f.is_file():
+                f.chmod(0o644)
         if final.exists():
             _rmtree(final)
         tmp.rename(final)
@@ -45,6 +48,7 @@ def atomic_file(final: Path, mode: str = "wb") -> Iterator:
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
+        os.chmod(name, 0o644)  # mkstemp makes it private; the result is an ordinary file
         os.replace(name, final)
     except BaseException:
         Path(name).unlink(missing_ok=True)

@@ -21,12 +21,16 @@ class Family:
         Sequential), or None when the whole model is a single block.
     quantizable: module types whose `weight` is quantized.
     skip: fnmatch patterns of qualified names never quantized (e.g. the tied LM head).
+    sequential: true-sequential groups of names relative to a block: modules of one group share their
+        input and are quantized together, each group after the previous one is quantized (GPTQ's
+        `--true-sequential`). Empty: every module of a block is its own group, in registration order.
     """
 
     name: str
     blocks: str | None
     quantizable: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
     skip: tuple[str, ...] = ()
+    sequential: tuple[tuple[str, ...], ...] = ()
 
     def quantizable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Qualified name → module, in registration (forward) order."""
@@ -48,22 +52,32 @@ class Family:
         return "" if self.blocks is None else f"{self.blocks}.{index}."
 
 
+LLAMA_SEQUENTIAL = (
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    ("self_attn.o_proj",),
+    ("mlp.gate_proj", "mlp.up_proj"),
+    ("mlp.down_proj",),
+)
+BERT_SEQUENTIAL = (
+    ("attention.self.query", "attention.self.key", "attention.self.value"),
+    ("attention.output.dense",),
+    ("intermediate.dense",),
+    ("output.dense",),
+)
+
 FAMILIES: dict[str, Family] = {
     # SmolLM2 and other Llama decoders: the tied embedding/LM head stays in floating point.
-    "llama": Family("llama", blocks="model.layers", quantizable=(nn.Linear,), skip=("lm_head",)),
+    "llama": Family("llama", "model.layers", (nn.Linear,), skip=("lm_head",), sequential=LLAMA_SEQUENTIAL),
     # A BERT encoder on its own (MiniLM).
-    "bert": Family("bert", blocks="encoder.layer", quantizable=(nn.Linear,), skip=("pooler.*",)),
+    "bert": Family("bert", "encoder.layer", (nn.Linear,), skip=("pooler.*",), sequential=BERT_SEQUENTIAL),
     # BERT encoder + classification head (minilm-bbc); the pooler is unused.
     "bert-classifier": Family(
-        "bert-classifier",
-        blocks="encoder.encoder.layer",
-        quantizable=(nn.Linear,),
-        skip=("encoder.pooler.*",),
+        "bert-classifier", "encoder.encoder.layer", (nn.Linear,), skip=("encoder.pooler.*",), sequential=BERT_SEQUENTIAL
     ),
     # Small CNNs and MLPs: one block, every Linear/Conv2d quantizable.
     "small-net": Family("small-net", blocks=None),
     # Residual nets: the stem, each residual block, and the head are processed in order.
     "resnet": Family("resnet", blocks="net"),
-    # EfficientNet-Lite: its MBConv blocks.
+    # EfficientNet-Lite: its MBConv blocks (stem, head and classifier are handled after the blocks).
     "efficientnet": Family("efficientnet", blocks="net._blocks"),
 }

@@ -148,7 +148,7 @@ class SmallResNet(nn.Module):
     `self.net` is the block sequence (stem, residual blocks…, head) processed in order.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 1, num_classes: int = 10):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), blocks_per_stage: int = 1, num_classes: int = 10):
         super().__init__()
         layers: list[nn.Module] = [Stem(widths[0])]
         cin = widths[0]

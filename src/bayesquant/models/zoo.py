@@ -198,7 +198,7 @@ def _image_recipes() -> dict[str, tuple[Callable[[], nn.Module], str, Any]]:
         "resnet-fashion": (
             nets.SmallResNet,
             "fashion-mnist",
-            ImageRecipe(epochs=10, lr=4e-3, shift=2, hflip=True),
+            ImageRecipe(epochs=8, lr=4e-3, batch_size=256, shift=2, hflip=True),
         ),
     }
 
@@ -245,12 +245,8 @@ def build(key: str, force: bool = False) -> Path:
     return _save_trained(key, model, meta)
 
 
-def _load_trained(entry: ZooEntry, directory: Path | None = None) -> LoadedModel:
-    directory = directory or model_cache(entry.key)
-    if not (directory / "model.safetensors").is_file():
-        log.warning("%s is not built yet; training it now (`bayesquant models build %s`)", entry.key, entry.key)
-        directory = build(entry.key)
-    meta = _read_meta(directory)
+def _trained_architecture(entry: ZooEntry) -> LoadedModel:
+    """A reference net with its architecture (and tokenizer) but untrained weights."""
     tok = None
     if entry.key == "minilm-bbc":
         enc, tok = _load_minilm_encoder()
@@ -258,21 +254,22 @@ def _load_trained(entry: ZooEntry, directory: Path | None = None) -> LoadedModel
         classes, max_length = BBC_CLASSES, 256
     else:
         model, classes, max_length = _image_recipes()[entry.key][0](), [], None
+    family = FAMILIES[entry.family]
+    return LoadedModel(entry.key, model.eval(), entry.task, family, tok, classes, entry.dataset, max_length)
+
+
+def _load_trained(entry: ZooEntry, directory: Path | None = None) -> LoadedModel:
+    directory = directory or model_cache(entry.key)
+    if not (directory / "model.safetensors").is_file():
+        log.warning("%s is not built yet; training it now (`bayesquant models build %s`)", entry.key, entry.key)
+        directory = build(entry.key)
+    loaded = _trained_architecture(entry)
+    loaded.meta = _read_meta(directory)
     try:
-        st_load_model(model, str(directory / "model.safetensors"))
+        st_load_model(loaded.module, str(directory / "model.safetensors"))
     except Exception as exc:
         raise ModelError(f"{directory}/model.safetensors does not fit {entry.key} ({exc}); rebuild it") from None
-    return LoadedModel(
-        entry.key,
-        model.eval(),
-        entry.task,
-        FAMILIES[entry.family],
-        tok,
-        classes,
-        entry.dataset,
-        max_length,
-        meta,
-    )
+    return loaded
 
 
 def _register() -> None:
@@ -326,7 +323,7 @@ def _register() -> None:
             "resnet-fashion",
             Task.IMAGE,
             "resnet",
-            "ResNet (32-64-128) trained on Fashion-MNIST",
+            "ResNet (16-32-64) trained on Fashion-MNIST",
             "fashion-mnist",
         ),
         (
@@ -356,21 +353,31 @@ def is_cached(key: str) -> bool:
     return True  # ships inside an installed package; checked on load
 
 
-def load_model(key_or_dir: str | Path) -> LoadedModel:
-    """Load a zoo model by key, or a directory written by `bayesquant models build`.
+def load_model(key_or_dir: str | Path, *, weights: bool = True) -> LoadedModel:
+    """Load a zoo model by key, a directory written by `bayesquant models build`, or a quantized model
+    directory written by `save_quantized`. `weights=False` skips loading (or training) the weights of a
+    reference net, for callers that overwrite them anyway.
 
     >>> lm = load_model("digit-cnn")
     >>> lm.task.value, lm.num_parameters
     ('image_classification', 390410)
     """
+    text = str(key_or_dir)
+    if text in ZOO and not isinstance(key_or_dir, Path):
+        entry = ZOO.get(text)
+        if entry.trained_here and not weights:
+            return _trained_architecture(entry)
+        return entry.loader(entry)
     path = Path(key_or_dir)
-    if isinstance(key_or_dir, Path) or (path.is_dir() and str(key_or_dir) not in ZOO):
-        if not path.is_dir():
-            raise ModelError(f"--model {key_or_dir}: no such directory")
-        meta = _read_meta(path)
-        entry = ZOO.get(meta.get("key", "?"))
-        return _load_trained(entry, path)
-    entry = ZOO.get(str(key_or_dir))
+    if path.is_dir():
+        from bayesquant.io import is_packed_dir, load_quantized
+
+        if is_packed_dir(path):
+            return load_quantized(path)
+        return _load_trained(ZOO.get(_read_meta(path).get("key", "?")), path)
+    if isinstance(key_or_dir, Path) or "/" in text or path.suffix:
+        raise ModelError(f"--model {text}: no such directory; give a zoo key or a model directory")
+    entry = ZOO.get(text)  # an unknown key raises here, listing the valid ones
     return entry.loader(entry)
 
 

@@ -1,0 +1,181 @@
+"""The layer-by-layer driver: capture the inputs of the first block, quantize each block's modules in
+order (true-sequential groups), then feed the quantized block's outputs to the next block.
+
+Peak memory is the model plus one block's calibration inputs and outputs. Quantizable modules outside
+the block sequence (a classifier head, a CNN stem) are handled last, with full forward passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bayesquant.models.family import Family
+from bayesquant.nn.qweight import QuantizedWeight
+from bayesquant.solvers.hessian import HessianAccumulator
+
+log = logging.getLogger(__name__)
+
+Inputs = tuple[tuple, dict[str, Any]]  # (args, kwargs) of one forward call
+# solve(name, module, H or None) → the quantized weight (its dequantized value replaces module.weight)
+Solver = Callable[[str, nn.Module, torch.Tensor | None], QuantizedWeight]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early once everything needed has been seen."""
+
+
+@dataclass
+class ModuleReport:
+    name: str
+    shape: tuple[int, ...]
+    nominal_bits: float
+    seconds: float
+
+
+@dataclass
+class SequentialReport:
+    modules: list[ModuleReport] = field(default_factory=list)
+    qweights: dict[str, QuantizedWeight] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, block: nn.Module, batches: list[Inputs]) -> list[Inputs]:
+    """The (args, kwargs) with which `block` is called for each calibration batch."""
+    captured: list[Inputs] = []
+
+    def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        for args, kwargs in batches:
+            with contextlib.suppress(_Stop):
+                model(*args, **kwargs)
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def _collect_hessians(runner: Callable[[Inputs], Any], inputs: list[Inputs], modules: dict[str, nn.Module]):
+    """Run `runner` on every input with hooks accumulating each module's Hessian; stop each pass early
+    once every module of the group has seen its input."""
+    accs = {name: HessianAccumulator(m) for name, m in modules.items()}
+    seen: set[str] = set()
+
+    def make_hook(name: str):
+        def hook(m: nn.Module, args: tuple, _out: Any) -> None:
+            accs[name].add_batch(args[0])
+            seen.add(name)
+            if len(seen) == len(accs):
+                raise _Stop
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
+    try:
+        for inp in inputs:
+            seen.clear()
+            with contextlib.suppress(_Stop):
+                runner(inp)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n, a in accs.items() if a.n == 0]
+    if missing:
+        raise RuntimeError(f"modules never called during calibration: {missing}")
+    return {n: a.H for n, a in accs.items()}
+
+
+def _groups(block: nn.Module, prefix: str, family: Family, quantizable: dict[str, nn.Module]) -> list[list[str]]:
+    """True-sequential groups of qualified names inside `block` (family order, else one module per group)."""
+    inside = [n for n in quantizable if n.startswith(prefix)]
+    if family.sequential:
+        groups = [[prefix + rel for rel in grp if prefix + rel in quantizable] for grp in family.sequential]
+        listed = {n for grp in groups for n in grp}
+        groups += [[n] for n in inside if n not in listed]
+        return [g for g in groups if g]
+    return [[n] for n in inside]
+
+
+def quantize_sequential(
+    model: nn.Module,
+    family: Family,
+    batches: list[Inputs],
+    solve: Solver,
+    *,
+    needs_hessian: bool = True,
+    desc: str = "quantize",
+) -> SequentialReport:
+    """Quantize every quantizable module of `model` in place (its weight becomes the dequantized weight);
+    returns the quantized weights for packing."""
+    start = time.perf_counter()
+    report = SequentialReport()
+    quantizable = family.quantizable_modules(model)
+    if not quantizable:
+        raise ValueError("the model has no quantizable modules")
+
+    def apply(names: list[str], hessians: dict[str, torch.Tensor] | None) -> None:
+        for name in names:
+            module = quantizable[name]
+            t = time.perf_counter()
+            qw = solve(name, module, None if hessians is None else hessians[name])
+            with torch.no_grad():
+                module.weight.copy_(qw.dequantize().reshape(module.weight.shape).to(module.weight.dtype))
+            report.qweights[name] = qw
+            report.modules.append(
+                ModuleReport(name, tuple(module.weight.shape), qw.nominal_bits, time.perf_counter() - t)
+            )
+
+    def run_groups(groups: list[list[str]], runner: Callable[[Inputs], Any], inputs: list[Inputs]) -> None:
+        for names in groups:
+            mods = {n: quantizable[n] for n in names}
+            apply(names, _collect_hessians(runner, inputs, mods) if needs_hessian else None)
+
+    if not needs_hessian:  # nothing to calibrate: quantize every module from its weights alone
+        apply(list(quantizable), None)
+        report.seconds = time.perf_counter() - start
+        return report
+    blocks = family.block_list(model) if family.blocks is not None else []
+    if blocks:
+        with torch.no_grad():
+            inputs = capture_block_inputs(model, blocks[0], batches)
+        for i, block in enumerate(tqdm(blocks, desc=desc, unit="block", mininterval=1.0)):
+            prefix = family.block_prefix(i)
+
+            def runner(inp: Inputs, block: nn.Module = block) -> Any:
+                return block(*inp[0], **inp[1])
+
+            run_groups(_groups(block, prefix, family, quantizable), runner, inputs)
+            if i + 1 < len(blocks):
+                with torch.no_grad():
+                    inputs = [((_first(runner(inp)), *inp[0][1:]), inp[1]) for inp in inputs]
+        del inputs
+    rest = [n for n in quantizable if n not in report.qweights]
+    if rest:  # modules outside the blocks (or a model without blocks), in forward order, one at a time
+        order = {n: i for i, n in enumerate(quantizable)}
+        rest.sort(key=order.__getitem__)
+
+        def full(inp: Inputs) -> Any:
+            return model(*inp[0], **inp[1])
+
+        label = f"{desc} (outside blocks)" if blocks else desc
+        for name in tqdm(rest, desc=label, unit="module", mininterval=1.0, disable=len(rest) < 4):
+            run_groups([[name]], full, batches)
+    report.seconds = time.perf_counter() - start
+    return report
