@@ -8,12 +8,14 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bayesquant.data import DataSpec, ImageData, TextData, eval_windows, load_dataset, tokenize
 from bayesquant.errors import UserError
 from bayesquant.eval import metrics as M
 from bayesquant.models import LoadedModel, Task, load_model
+from bayesquant.nn.layers import set_dequant_cache
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,11 @@ def evaluate_lm(
     total, count = 0.0, 0
     for i in tqdm(range(0, len(windows), batch_size), desc="perplexity", unit="batch", mininterval=1.0):
         batch = windows[i : i + batch_size]
-        logits = model(input_ids=batch).logits.float()  # (b, L, V)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        tok_nll = -logp.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1)  # (b, L-1)
-        total += float(tok_nll.double().sum())
-        count += tok_nll.numel()
+        logits = model(input_ids=batch, use_cache=False).logits  # (b, L, V)
+        targets = batch[:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum")
+        total += float(nll)
+        count += targets.numel()
     mean_nll = total / count
     return {
         "perplexity": M.perplexity(mean_nll),
@@ -158,11 +160,15 @@ def evaluate(
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     _check_compatible(loaded, dataset, spec or DataSpec(dataset.name, dataset.split))
     result: dict[str, Any] = {"model": loaded.key, "data": str(spec or f"{dataset.name}:{dataset.split}")}
-    if loaded.task == Task.CAUSAL_LM:
-        result |= evaluate_lm(loaded, dataset, seq_len, max_windows)
-    else:
-        ref = None
-        if reference is not None:
-            ref = reference if isinstance(reference, LoadedModel) else load_model(reference)
-        result |= evaluate_classifier(loaded, dataset.subset(max_examples), samples, ref)
+    set_dequant_cache(loaded.module, True)  # packed layers: dequantize once, not at every forward pass
+    try:
+        if loaded.task == Task.CAUSAL_LM:
+            result |= evaluate_lm(loaded, dataset, seq_len, max_windows)
+        else:
+            ref = None
+            if reference is not None:
+                ref = reference if isinstance(reference, LoadedModel) else load_model(reference)
+            result |= evaluate_classifier(loaded, dataset.subset(max_examples), samples, ref)
+    finally:
+        set_dequant_cache(loaded.module, False)
     return result

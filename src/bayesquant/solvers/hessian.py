@@ -6,8 +6,6 @@ depend on how the calibration set is batched. Conv2d inputs are unfolded into (i
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,10 +35,9 @@ class HessianAccumulator:
     def add_batch(self, inp: torch.Tensor) -> None:
         x = layer_inputs(self.layer, inp.detach()).float()  # (rows, columns)
         rows = x.shape[0]
-        self.H *= self.n / (self.n + rows)
+        self.H.mul_(self.n / (self.n + rows))
         self.n += rows
-        x = x * math.sqrt(2.0 / self.n)
-        self.H.addmm_(x.t(), x)
+        self.H.addmm_(x.t(), x, alpha=2.0 / self.n)
 
     def hook(self, _module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
         self.add_batch(args[0])

@@ -77,10 +77,18 @@ def _collect_hessians(runner: Callable[[Inputs], Any], inputs: list[Inputs], mod
     once every module of the group has seen its input."""
     accs = {name: HessianAccumulator(m) for name, m in modules.items()}
     seen: set[str] = set()
+    last: dict[str, Any] = {}  # the input tensor and accumulator most recently added in this pass
 
     def make_hook(name: str):
         def hook(m: nn.Module, args: tuple, _out: Any) -> None:
-            accs[name].add_batch(args[0])
+            x = args[0]
+            same = last.get("x") is x and type(m) is type(last["acc"].layer) and m.weight.shape[1:] == last["w"]
+            if same and not isinstance(m, nn.Conv2d):
+                # q/k/v (or gate/up) see the very same tensor: their Hessians are equal, compute it once
+                accs[name].H, accs[name].n = last["acc"].H, last["acc"].n
+            else:
+                accs[name].add_batch(x)
+                last.update(x=x, acc=accs[name], w=m.weight.shape[1:])
             seen.add(name)
             if len(seen) == len(accs):
                 raise _Stop
@@ -91,6 +99,7 @@ def _collect_hessians(runner: Callable[[Inputs], Any], inputs: list[Inputs], mod
     try:
         for inp in inputs:
             seen.clear()
+            last.clear()
             with contextlib.suppress(_Stop):
                 runner(inp)
     finally:
