@@ -137,3 +137,42 @@ def test_sequential_driver_walks_llama_blocks_true_sequentially():
     with torch.no_grad():
         out = model(input_ids=ids).logits
     assert F.mse_loss(out, ref) < 1e-3 * ref.var()  # 8 bits barely changes a thing
+
+
+def test_replaying_finished_children_changes_nothing(monkeypatch):
+    """Skipping the recomputation of finished sub-modules (the attention) must give identical results."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama import modeling_llama
+
+    from bayesquant.solvers import sequential
+
+    calls = []
+    original = modeling_llama.LlamaAttention.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaAttention, "forward", counting)
+
+    def run():
+        calls.clear()
+        torch.manual_seed(0)
+        cfg = LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64,
+        )  # fmt: skip
+        model = LlamaForCausalLM(cfg).eval()
+        ids = torch.randint(0, 64, (6, 16))
+        batches = [((), {"input_ids": ids[i : i + 2], "use_cache": False}) for i in range(0, 6, 2)]
+        report = quantize_sequential(model, FAMILIES["llama"], batches, _gptq_solver(3))
+        return {n: q.dequantize() for n, q in report.qweights.items()}, model, len(calls)
+
+    fast, model, fast_calls = run()
+    assert all("forward" not in vars(m) for m in model.modules())  # replay hooks are removed afterwards
+    monkeypatch.setattr(sequential.FrozenOutputs, "update", lambda self, done: None)
+    slow, _, slow_calls = run()
+    assert fast_calls < slow_calls  # the attention was replayed, not recomputed
+    assert fast.keys() == slow.keys()
+    for name in fast:
+        assert torch.equal(fast[name], slow[name]), name

@@ -72,7 +72,7 @@ def capture_block_inputs(model: nn.Module, block: nn.Module, batches: list[Input
 
 
 @torch.no_grad()
-def _collect_hessians(runner: Callable[[Inputs], Any], inputs: list[Inputs], modules: dict[str, nn.Module]):
+def _collect_hessians(runner: Callable[[int, Inputs], Any], inputs: list[Inputs], modules: dict[str, nn.Module]):
     """Run `runner` on every input with hooks accumulating each module's Hessian; stop each pass early
     once every module of the group has seen its input."""
     accs = {name: HessianAccumulator(m) for name, m in modules.items()}
@@ -97,11 +97,11 @@ def _collect_hessians(runner: Callable[[Inputs], Any], inputs: list[Inputs], mod
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
     try:
-        for inp in inputs:
+        for j, inp in enumerate(inputs):
             seen.clear()
             last.clear()
             with contextlib.suppress(_Stop):
-                runner(inp)
+                runner(j, inp)
     finally:
         for h in handles:
             h.remove()
@@ -120,6 +120,48 @@ def _groups(block: nn.Module, prefix: str, family: Family, quantizable: dict[str
         groups += [[n] for n in inside if n not in listed]
         return [g for g in groups if g]
     return [[n] for n in inside]
+
+
+class FrozenOutputs:
+    """Replays the outputs of a block's finished children during later calibration passes.
+
+    A child of the block (e.g. Llama's `self_attn`) is finished once its own quantizable modules and every
+    quantizable module registered before it are quantized: its input and weights no longer change, so its
+    output for calibration batch j is fixed. It is recorded at the next pass and replayed afterwards, which
+    saves recomputing the attention in the two or three passes that follow it.
+    """
+
+    def __init__(self, block: nn.Module, prefix: str, quantizable: dict[str, nn.Module]) -> None:
+        self.order = [n for n in quantizable if n.startswith(prefix)]
+        self.children: list[tuple[nn.Module, int]] = []  # (child, position of its last quantizable module)
+        for cname, child in block.named_children():
+            inside = [k for k, n in enumerate(self.order) if n.startswith(f"{prefix}{cname}.")]
+            if inside:
+                self.children.append((child, max(inside)))
+        self.index = 0  # the calibration batch being run
+        self.outputs: dict[nn.Module, dict[int, Any]] = {}
+
+    def update(self, done: set[str]) -> None:
+        """Start recording every child that became finished."""
+        for child, last in self.children:
+            if child not in self.outputs and all(n in done for n in self.order[: last + 1]):
+                self.outputs[child] = {}
+                child.forward = self._replaying(child, child.forward)  # instance attribute: shadows the method
+
+    def _replaying(self, child: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        store = self.outputs[child]
+
+        def replay(*args: Any, **kwargs: Any) -> Any:
+            if self.index not in store:
+                store[self.index] = forward(*args, **kwargs)
+            return store[self.index]
+
+        return replay
+
+    def close(self) -> None:
+        for child in self.outputs:
+            del child.forward  # back to the class's method
+        self.outputs.clear()
 
 
 def quantize_sequential(
@@ -151,10 +193,14 @@ def quantize_sequential(
                 ModuleReport(name, tuple(module.weight.shape), qw.nominal_bits, time.perf_counter() - t)
             )
 
-    def run_groups(groups: list[list[str]], runner: Callable[[Inputs], Any], inputs: list[Inputs]) -> None:
+    def run_groups(
+        groups: list[list[str]], runner: Callable[[int, Inputs], Any], inputs: list[Inputs], frozen=None
+    ) -> None:
         for names in groups:
             mods = {n: quantizable[n] for n in names}
-            apply(names, _collect_hessians(runner, inputs, mods) if needs_hessian else None)
+            apply(names, _collect_hessians(runner, inputs, mods))
+            if frozen is not None:
+                frozen.update(set(report.qweights))
 
     if not needs_hessian:  # nothing to calibrate: quantize every module from its weights alone
         apply(list(quantizable), None)
@@ -166,21 +212,26 @@ def quantize_sequential(
             inputs = capture_block_inputs(model, blocks[0], batches)
         for i, block in enumerate(tqdm(blocks, desc=desc, unit="block", mininterval=1.0)):
             prefix = family.block_prefix(i)
+            frozen = FrozenOutputs(block, prefix, quantizable)
 
-            def runner(inp: Inputs, block: nn.Module = block) -> Any:
+            def runner(j: int, inp: Inputs, block: nn.Module = block, frozen: FrozenOutputs = frozen) -> Any:
+                frozen.index = j
                 return block(*inp[0], **inp[1])
 
-            run_groups(_groups(block, prefix, family, quantizable), runner, inputs)
-            if i + 1 < len(blocks):
-                with torch.no_grad():
-                    inputs = [((_first(runner(inp)), *inp[0][1:]), inp[1]) for inp in inputs]
+            try:
+                run_groups(_groups(block, prefix, family, quantizable), runner, inputs, frozen)
+                if i + 1 < len(blocks):
+                    with torch.no_grad():
+                        inputs = [((_first(runner(j, inp)), *inp[0][1:]), inp[1]) for j, inp in enumerate(inputs)]
+            finally:
+                frozen.close()
         del inputs
     rest = [n for n in quantizable if n not in report.qweights]
     if rest:  # modules outside the blocks (or a model without blocks), in forward order, one at a time
         order = {n: i for i, n in enumerate(quantizable)}
         rest.sort(key=order.__getitem__)
 
-        def full(inp: Inputs) -> Any:
+        def full(_j: int, inp: Inputs) -> Any:
             return model(*inp[0], **inp[1])
 
         label = f"{desc} (outside blocks)" if blocks else desc
