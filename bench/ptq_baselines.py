@@ -4,7 +4,8 @@ quantize, save, evaluate; prints a markdown table and writes JSON.
     .venv/bin/python bench/ptq_baselines.py --model smollm2-135m --configs rtn:4:64 gptq:4:64 gptq:3:64:act
     .venv/bin/python bench/ptq_baselines.py --model digit-cnn --configs rtn:4:0 gptq:4:0 rtn:3:0 gptq:3:0
 
-A config is METHOD:BITS:GROUP[:act] with GROUP 0 meaning per output channel.
+A config is METHOD:BITS:GROUP[:act] with GROUP 0 meaning per output channel, or `fp32` for the unquantized
+model. Peak RSS is that of quantizing and saving (the evaluation's own peak is in the JSON).
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ BIN = Path(sys.executable).parent / "bayesquant"
 
 
 def run_config(model: str, config: str, data: str, work: Path, extra: list[str]) -> dict:
+    js = work / f"{config.replace(':', '_')}.json"
+    if config == "fp32":  # the unquantized reference row
+        cmd = [str(BIN), "eval", "--model", model, "--data", data, "--json", str(js)]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        r = json.loads(js.read_text())
+        return r | {"nominal_bits": 32.0, "storable_bits": 32.0, "quantize_seconds": 0.0, "eval_seconds": r["seconds"]}
     method, bits, group, *flags = config.split(":")
     out = work / config.replace(":", "_")
-    js = work / f"{out.name}.json"
     cmd = [str(BIN), "quantize", "--model", model, "--method", method, "--bits", bits, "--out", str(out)]
     cmd += ["--eval", data, "--json", str(js), "--overwrite", *extra]
     if group != "0":
@@ -50,17 +57,17 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
-            rows.append({"config": config, **run_config(args.model, config, data, Path(tmp), extra)})
+            rows.append({**run_config(args.model, config, data, Path(tmp), extra), "label": config})
     metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
     lines = [
-        f"| {args.model} | nominal bits | storable bits | {metric} | quantize s | peak RSS GB |",
-        "|---|---|---|---|---|---|",
+        f"| {args.model} | nominal bits | storable bits | {metric} | quantize s | peak RSS GB | eval s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         value = f"{r[metric]:.2f}" if metric == "perplexity" else f"{100 * r[metric]:.2f}%"
         lines.append(
-            f"| {r['config']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {value} "
-            f"| {r['quantize_seconds']:.0f} | {r['peak_rss_gb']:.2f} |"
+            f"| {r['label']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {value} "
+            f"| {r['quantize_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['eval_seconds']:.0f} |"
         )
     print("\n".join(lines))
     path = Path(args.out or f"bench/out/ptq-{args.model}.json")

@@ -109,3 +109,64 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
     for name, qw in report.qweights.items():
         quantize_module_inplace(loaded.module, name, qw)
     return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds)
+
+
+POSTERIOR_METHODS = ("laplace-diag", "laplace-layerwise", "vi")
+_LIKELIHOOD = {"causal_lm": "causal_lm", "image_classification": "classification"}
+_LIKELIHOOD["text_classification"] = "classification"
+
+
+def estimate_posterior(
+    model: str | LoadedModel,
+    method: str = "laplace-diag",
+    *,
+    calib: str | None = None,
+    nsamples: int | None = None,
+    seq_len: int = 512,
+    seed: int = 0,
+    batch_size: int | None = None,
+    curvature: str = "fisher",
+    prior_precision: float | str = "marglik",
+    n_data: int | None = None,
+    epochs: int = 1,
+    vi_options: dict | None = None,
+    progress: bool = True,
+):
+    """A weight posterior for a zoo model, fitted on `nsamples` examples of the `calib` SPEC.
+
+    method: "laplace-diag" (curvature "fisher" | "ggn"), "laplace-layerwise" (forward-only, diag 2XXᵀ) or
+    "vi" (mean-field VI for `epochs` passes; `vi_options` go to `MeanFieldVI`). `n_data` defaults to the size of
+    the calib SPEC (its non-overlapping windows for text): σ² = 1/(n_data·mean curvature + λ).
+
+    >>> post = estimate_posterior("lenet5-mnist", "laplace-diag", nsamples=1024)  # doctest: +SKIP
+    >>> post.save("lenet.posterior.safetensors")  # doctest: +SKIP
+    """
+    from bayesquant.data.calibration import labelled_batches
+    from bayesquant.errors import UserError
+    from bayesquant.posterior.laplace import DiagLaplace
+
+    if method not in POSTERIOR_METHODS:
+        raise UserError(f"--method {method!r}: unknown posterior method; valid: {', '.join(POSTERIOR_METHODS)}")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if loaded.task.value == "text_embedding" and method != "laplace-layerwise":
+        raise UserError(f"--method {method}: {loaded.key} has no output likelihood; use --method laplace-layerwise")
+    likelihood = _LIKELIHOOD.get(loaded.task.value, "classification")
+    needs_labels = method == "vi" or (method == "laplace-diag" and curvature == "fisher")
+    batches = labelled_batches(loaded, calib, nsamples, seq_len, seed, batch_size, shuffle=method == "vi")
+    n_data = n_data or batches.n_total  # the posterior of the whole data set; its curvature estimated on nsamples
+    if needs_labels and not batches.labels_valid:
+        what = "an encoder without a task head" if loaded.task.value == "text_embedding" else "not its classes"
+        raise UserError(
+            f"--method {method}: {loaded.key} on {calib or 'its default data'} has no usable labels ({what}); "
+            "use --method laplace-layerwise, or --curvature ggn (labels from the model's own predictive)"
+        )
+    if method == "vi":
+        from bayesquant.posterior.vi import MeanFieldVI
+
+        vi = MeanFieldVI(loaded, likelihood, n_data=n_data, progress=progress, **(vi_options or {}))
+        return vi.fit(batches, epochs=epochs).posterior
+    lap = DiagLaplace(
+        loaded, likelihood, curvature="layerwise" if method == "laplace-layerwise" else curvature,
+        prior_precision=prior_precision, n_data=n_data, progress=progress,
+    )  # fmt: skip
+    return lap.fit(batches).posterior

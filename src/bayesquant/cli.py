@@ -111,6 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         samples=args.samples,
         seq_len=args.seq_len,
         reference=args.reference,
+        posterior=args.posterior,
     )
     result["seconds"] = time.perf_counter() - start
     result["peak_rss_gb"] = peak_rss_gb()
@@ -157,10 +158,58 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         metrics = evaluate(result.model, args.eval, max_windows=args.max_windows)
         summary |= {k: v for k, v in metrics.items() if k not in ("model",)}
         summary["eval_seconds"] = metrics["seconds"]
-        summary["peak_rss_gb"] = peak_rss_gb()
+        summary["peak_rss_with_eval_gb"] = peak_rss_gb()  # peak_rss_gb stays the quantize-and-save peak
     shown = ["model", "method", "bits", "group_size", "nominal_bits", "storable_bits", "quantize_seconds"]
     shown += [k for k in ("perplexity", "accuracy", "nll", "ece") if k in summary] + ["peak_rss_gb"]
     print_table([summary], shown)
+    write_json(args.json, summary)
+
+
+def _prior_precision(text: str) -> float | str:
+    if text == "marglik":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'marglik'") from None
+
+
+def cmd_posterior(args: argparse.Namespace) -> None:
+    from bayesquant.api import estimate_posterior
+    from bayesquant.posterior import informativeness_table
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out}: already exists; choose another file or pass --overwrite")
+    start = time.perf_counter()
+    vi_options = {k: v for k, v in (("prior_std", args.prior_std), ("lr", args.lr)) if v is not None}
+    post = estimate_posterior(
+        args.model, args.method, calib=args.calib, nsamples=args.nsamples, seq_len=args.seq_len, seed=args.seed,
+        batch_size=args.batch_size, curvature=args.curvature, prior_precision=args.prior_precision,
+        n_data=args.n_data, epochs=args.epochs, vi_options=vi_options,
+    )  # fmt: skip
+    post.save(out)
+    table = informativeness_table(post)
+    table_path = Path(args.table) if args.table else out.with_suffix(".md")
+    with atomic_file(table_path, "w") as fh:
+        fh.write(f"# Posterior of {post.meta.get('model')} ({post.meta.get('method')})\n\n{table}\n")
+    sigma_min = min(float(v.min()) for v in post.var.values()) ** 0.5
+    summary: dict[str, Any] = {
+        "model": post.meta.get("model"),
+        "method": post.meta.get("method"),
+        "tensors": len(post.names),
+        "weights": post.numel,
+        "prior_precision": post.meta.get("prior_precision"),
+        "sigma_min": sigma_min,
+        "seconds": time.perf_counter() - start,
+        "peak_rss_gb": peak_rss_gb(),
+        "out": str(out),
+        "table": str(table_path),
+        "meta": post.meta,
+        "layers": post.summary(),
+    }
+    print(table)
+    print_table([summary], ["model", "method", "tensors", "weights", "prior_precision", "seconds", "peak_rss_gb"])
     write_json(args.json, summary)
 
 
@@ -200,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_positive_int, default=1, help="Monte-Carlo samples T (stochastic models)")
     p.add_argument("--seq-len", type=_positive_int, default=512, help="perplexity window length (tokens)")
     p.add_argument("--reference", help="classifiers: KEY|DIR for agreement and KL")
+    p.add_argument("--posterior", help="a posterior FILE: evaluate the Bayesian model (with --samples T)")
     p.add_argument("--json", help="write the metrics as one JSON object to this path")
     p.set_defaults(func=cmd_eval)
 
@@ -223,6 +273,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=_positive_int, help="with --eval: evaluate the first N windows")
     p.add_argument("--json", help="write the summary as one JSON object to this path")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("posterior", help="fit a weight posterior N(μ, σ²) and write it as safetensors")
+    p.add_argument("--model", required=True, help="zoo KEY")
+    p.add_argument("--method", default="laplace-diag", help="laplace-diag | laplace-layerwise | vi")
+    p.add_argument("--calib", help="SPEC to fit on (default: the model's training split / bbc-news:train)")
+    p.add_argument("--nsamples", type=_positive_int, help="examples (windows for language models) to fit on")
+    p.add_argument("--seq-len", type=_positive_int, default=512, help="window length for language models")
+    p.add_argument("--batch-size", type=_positive_int, help="examples per batch (default: by task)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--curvature", default="fisher", help="laplace-diag: fisher (empirical) | ggn (exact GGN)")
+    p.add_argument("--prior-precision", type=_prior_precision, default="marglik", help="λ, or 'marglik' (default)")
+    p.add_argument("--n-data", type=_positive_int, help="data-set size N (default: the SPEC's size)")
+    p.add_argument("--epochs", type=_positive_int, default=1, help="vi: passes over the data")
+    p.add_argument("--prior-std", type=float, help="vi: prior standard deviation")
+    p.add_argument("--lr", type=float, help="vi: Adam learning rate")
+    p.add_argument("--out", required=True, help="posterior file (.safetensors), written atomically")
+    p.add_argument("--table", help="per-layer informativeness table (markdown; default: OUT with .md)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", help="write the summary and per-layer statistics as JSON")
+    p.set_defaults(func=cmd_posterior)
     return parser
 
 

@@ -1,50 +1,146 @@
-"""Calibration batches for a model: (args, kwargs) of its forward call, sampled reproducibly."""
+"""Calibration batches for a model, sampled reproducibly: model inputs for the layer-by-layer solvers
+(`calibration_batches`), inputs with targets for fitting posteriors (`labelled_batches`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from bayesquant.data.images import ImageData
 from bayesquant.data.specs import load_dataset
 from bayesquant.data.text import TextData, calibration_windows, tokenize
 from bayesquant.errors import DataError
 
-DEFAULT_CALIB = {"causal_lm": "bbc-news:train", "text_classification": "bbc-news:train"}
-DEFAULT_NSAMPLES = {"causal_lm": 64, "image_classification": 1024, "text_classification": 128}
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIB = {
+    "causal_lm": "bbc-news:train",
+    "text_classification": "bbc-news:train",
+    "text_embedding": "bbc-news:train",
+    "image_classification": None,  # the model's own training split
+}
+DEFAULT_NSAMPLES = {"causal_lm": 64, "image_classification": 1024, "text_classification": 128, "text_embedding": 128}
+DEFAULT_LABELLED_BATCH = {"causal_lm": 1, "image_classification": 128, "text_classification": 16, "text_embedding": 16}
+TEXT_TASKS = ("text_classification", "text_embedding")
+
+
+class Batches:
+    """A re-iterable list of batches; with `shuffle`, each pass visits them in a new seeded order."""
+
+    def __init__(
+        self, batches: list, shuffle: bool = False, seed: int = 0, labels_valid: bool = True, n_total: int | None = None
+    ) -> None:
+        self.batches, self.shuffle, self.labels_valid = batches, shuffle, labels_valid
+        self.n_total = n_total  # examples in the whole SPEC the batches were drawn from
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.batches[i]
+
+    def __iter__(self):
+        order = torch.randperm(len(self.batches), generator=self._gen).tolist() if self.shuffle else range(len(self))
+        return (self.batches[i] for i in order)
+
+
+def _spec(loaded: Any, spec: str | None) -> str:
+    if spec:
+        return spec
+    default = DEFAULT_CALIB.get(loaded.task.value)
+    if default:
+        return default
+    if loaded.dataset == "imagenet":
+        raise DataError(
+            f"--calib: {loaded.key} was trained on ImageNet, which cannot be had offline; give an image SPEC "
+            "(e.g. --calib fashion-mnist:train: grey images are resized to 224×224 RGB as a proxy)"
+        )
+    return f"{loaded.dataset}:train"
+
+
+def _images(loaded: Any, images: torch.Tensor) -> torch.Tensor:
+    """Images as the model takes them; ImageNet models get grey 28×28 proxies as 3×224×224 RGB."""
+    if loaded.dataset == "imagenet" and images.shape[1] == 1:
+        return F.interpolate(images, size=(224, 224), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+    return images
+
+
+def _tokenized(loaded: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = loaded.max_length or 512
+    enc = loaded.tokenizer(texts, truncation=True, max_length=length, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _load(loaded: Any, spec: str) -> ImageData | TextData:
+    data = load_dataset(spec)
+    task = loaded.task.value
+    if task == "causal_lm" and not isinstance(data, TextData):
+        raise DataError(f"--calib {spec}: a language model calibrates on text (bbc-news:train, text:PATH)")
+    if isinstance(data, ImageData) and task != "image_classification":
+        raise DataError(f"--calib {spec}: {loaded.key} does not take images")
+    if isinstance(data, TextData) and task not in (*TEXT_TASKS, "causal_lm"):
+        raise DataError(f"--calib {spec}: {loaded.key} does not take text")
+    return data
 
 
 def calibration_batches(
     loaded: Any, spec: str | None = None, nsamples: int | None = None, seq_len: int = 512, seed: int = 0
 ) -> list[tuple[tuple, dict]]:
-    """Model inputs for calibration. Language models: `nsamples` random windows of `seq_len` tokens (GPTQ's
-    sampling), 4 per batch. Image classifiers: `nsamples` random training images, 256 per batch. Text
-    classifiers: `nsamples` random articles, 16 per batch, truncated to the model's length."""
+    """Model inputs `(args, kwargs)` for calibration. Language models: `nsamples` random windows of `seq_len`
+    tokens (GPTQ's sampling), 4 per batch. Image classifiers: `nsamples` random training images, 256 per
+    batch. Text models: `nsamples` random articles, 16 per batch, truncated to the model's length."""
     task = loaded.task.value
-    spec = spec or DEFAULT_CALIB.get(task) or f"{loaded.dataset}:train"
+    spec = _spec(loaded, spec)
     n = nsamples or DEFAULT_NSAMPLES.get(task, 128)
-    data = load_dataset(spec)
+    data = _load(loaded, spec)
     if task == "causal_lm":
-        if not isinstance(data, TextData):
-            raise DataError(f"--calib {spec}: a language model calibrates on text (bbc-news:train, text:PATH)")
         windows = calibration_windows(tokenize(loaded.tokenizer, data.joined()), n, seq_len, seed)
         return [((), {"input_ids": windows[i : i + 4], "use_cache": False}) for i in range(0, n, 4)]
-    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     if isinstance(data, ImageData):
-        if task != "image_classification":
-            raise DataError(f"--calib {spec}: {loaded.key} does not take images")
-        idx = torch.randperm(len(data), generator=gen)[:n]
         images = data.images[idx]
-        return [((images[i : i + 256],), {}) for i in range(0, len(images), 256)]
-    if task != "text_classification":
-        raise DataError(f"--calib {spec}: {loaded.key} does not take text")
-    idx = torch.randperm(len(data), generator=gen)[:n].tolist()
-    texts = [data.texts[i] for i in idx]
-    batches = []
-    for i in range(0, len(texts), 16):
-        enc = loaded.tokenizer(
-            texts[i : i + 16], truncation=True, max_length=loaded.max_length or 512, padding=True, return_tensors="pt"
-        )
-        batches.append(((enc["input_ids"], enc["attention_mask"]), {}))
-    return batches
+        return [((_images(loaded, images[i : i + 256]),), {}) for i in range(0, len(images), 256)]
+    texts = [data.texts[i] for i in idx.tolist()]
+    return [(_tokenized(loaded, texts[i : i + 16]), {}) for i in range(0, len(texts), 16)]
+
+
+def labelled_batches(
+    loaded: Any,
+    spec: str | None = None,
+    nsamples: int | None = None,
+    seq_len: int = 512,
+    seed: int = 0,
+    batch_size: int | None = None,
+    shuffle: bool = False,
+) -> Batches:
+    """Batches with targets for fitting posteriors (the convention of `bayesquant.posterior.likelihood`):
+    language models: LongTensors of token windows (B, seq_len), sampled as in `calibration_batches`; image
+    classifiers: `(images, labels)`; text models: `(input_ids, attention_mask, labels)`. `nsamples` random
+    examples of the SPEC (all of them when it exceeds its size); `n_total` is the SPEC's size in examples
+    (non-overlapping windows for text). Where the SPEC's labels are not the model's
+    classes (an encoder without a head, an ImageNet model on proxy images) the targets are zeros and
+    `labels_valid` is False: only label-free curvatures may use them."""
+    task = loaded.task.value
+    spec = _spec(loaded, spec)
+    n = nsamples or DEFAULT_NSAMPLES.get(task, 128)
+    bs = batch_size or DEFAULT_LABELLED_BATCH.get(task, 64)
+    data = _load(loaded, spec)
+    if task == "causal_lm":
+        ids = tokenize(loaded.tokenizer, data.joined())
+        windows = calibration_windows(ids, n, seq_len, seed)
+        batches = [windows[i : i + bs] for i in range(0, n, bs)]
+        return Batches(batches, shuffle, seed, n_total=max(len(ids) // seq_len, n))
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    valid = data.labels is not None and task != "text_embedding" and data.name == loaded.dataset
+    labels = data.labels[idx] if valid else torch.zeros(len(idx), dtype=torch.long)
+    if isinstance(data, ImageData):
+        images = data.images[idx]
+        batches = [(_images(loaded, images[i : i + bs]), labels[i : i + bs]) for i in range(0, len(idx), bs)]
+    else:
+        texts = [data.texts[i] for i in idx.tolist()]
+        batches = [(*_tokenized(loaded, texts[i : i + bs]), labels[i : i + bs]) for i in range(0, len(texts), bs)]
+    return Batches(batches, shuffle, seed, labels_valid=valid, n_total=len(data))

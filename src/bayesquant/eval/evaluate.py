@@ -149,8 +149,11 @@ def evaluate(
     samples: int = 1,
     seq_len: int = 512,
     reference: str | LoadedModel | None = None,
+    posterior: str | Any | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` (zoo key, directory or LoadedModel) on `data` (SPEC or loaded data).
+    """Evaluate `model` (zoo key, directory or LoadedModel) on `data` (SPEC or loaded data). With a
+    `posterior` (file or Posterior) the model's quantizable layers become Bayesian layers with its μ and σ
+    and every prediction averages `samples` weight draws.
 
     >>> evaluate("digit-cnn", "mnist:test", max_examples=500)["accuracy"]  # doctest: +SKIP
     0.994
@@ -160,6 +163,12 @@ def evaluate(
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     _check_compatible(loaded, dataset, spec or DataSpec(dataset.name, dataset.split))
     result: dict[str, Any] = {"model": loaded.key, "data": str(spec or f"{dataset.name}:{dataset.split}")}
+    if posterior is not None:
+        from bayesquant.posterior import Posterior, bayesian_from_posterior
+
+        post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
+        loaded.module = bayesian_from_posterior(loaded.module, post, loaded.family)
+        result["posterior"] = str(posterior) if not isinstance(posterior, Posterior) else post.meta.get("method")
     set_dequant_cache(loaded.module, True)  # packed layers: dequantize once, not at every forward pass
     try:
         if loaded.task == Task.CAUSAL_LM:
