@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -78,7 +79,7 @@ def test_exact_is_optimal_by_brute_force():
     assert best.objective == pytest.approx(brute)
 
 
-@pytest.mark.parametrize("name", ALLOCATORS.names() + ["random_bits"])
+@pytest.mark.parametrize("name", [*ALLOCATORS.names(), "random_bits"])
 def test_every_allocator_meets_its_budget(name, caplog):
     if name not in ALLOCATORS:
         import bayesquant.allocation.random_bits  # noqa: F401
@@ -123,7 +124,7 @@ def test_more_budget_never_costs_more():
     table = monotone_table(seed=9)
     for name in ("knapsack", "baq", "exact", "quantile_inform"):
         objs = [allocate(table, b, name).objective for b in (2.5, 3.0, 3.5, 4.0, 5.0, 6.0)]
-        assert all(a >= b - 1e-9 for a, b in zip(objs, objs[1:], strict=False)), (name, objs)
+        assert all(a >= b - 1e-9 for a, b in itertools.pairwise(objs)), (name, objs)
 
 
 def test_quantile_inform_gives_more_bits_to_more_informative_groups():

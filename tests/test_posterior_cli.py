@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from bayesquant.cli import main
 from bayesquant.data.calibration import labelled_batches
 from bayesquant.models import load_model
 from bayesquant.posterior import Posterior

@@ -211,4 +211,3 @@ def check_finite_weights(modules: dict[str, nn.Module]) -> None:
         if not torch.isfinite(m.weight).all():
             bad = int((~torch.isfinite(m.weight)).sum())
             raise UserError(f"{name}: {bad} NaN or infinite weights; a posterior needs a model with finite weights")
-
