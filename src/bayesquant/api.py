@@ -24,7 +24,7 @@ from bayesquant.models import LoadedModel, load_model
 from bayesquant.nn.qweight import QuantizedWeight
 from bayesquant.registry import Registry
 from bayesquant.solvers.gptq import gptq_quantize
-from bayesquant.solvers.rtn import rtn_quantize
+from bayesquant.solvers.rtn import codebook_rtn, rtn_quantize
 from bayesquant.solvers.sequential import SequentialReport, Solver, quantize_sequential
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,36 @@ def _with_shape(qw: QuantizedWeight, module: nn.Module) -> QuantizedWeight:
     return dataclasses.replace(qw, shape=tuple(module.weight.shape))
 
 
+def _bits_for(cfg: QuantizeConfig) -> Callable[[str], int]:
+    """Module name → width: the plan's, else the config's one width."""
+    if cfg.plan is None:
+        return lambda _name: cfg.bits
+    from bayesquant.allocation.plan import Plan
+
+    plan = Plan.load(cfg.plan)
+    return plan.layer_bits
+
+
 def _rtn(cfg: QuantizeConfig) -> Solver:
-    def solve(_name: str, module: nn.Module, _H: torch.Tensor | None) -> QuantizedWeight:
-        qw = rtn_quantize(_weight(module), cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric)
+    bits_for = _bits_for(cfg)
+
+    def solve(name: str, module: nn.Module, _H: torch.Tensor | None) -> QuantizedWeight:
+        if cfg.quantizer != "uniform":
+            qw = codebook_rtn(_weight(module), bits_for(name), cfg.quantizer, group_size=cfg.group_size)
+        else:
+            qw = rtn_quantize(_weight(module), bits_for(name), group_size=cfg.group_size, symmetric=cfg.symmetric)
         return _with_shape(qw, module)
 
     return solve
 
 
 def _gptq(cfg: QuantizeConfig) -> Solver:
-    def solve(_name: str, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight:
+    bits_for = _bits_for(cfg)
+
+    def solve(name: str, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight:
         assert H is not None
         result = gptq_quantize(
-            _weight(module), H, cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
+            _weight(module), H, bits_for(name), group_size=cfg.group_size, symmetric=cfg.symmetric,
             act_order=cfg.act_order, static_groups=cfg.static_groups, damp=cfg.damp, block_size=cfg.block_size,
         )  # fmt: skip
         return _with_shape(result.qweight, module)
@@ -84,7 +101,9 @@ class QuantizeResult:
     def save(self, directory: str | Path) -> Path:
         from bayesquant.io import save_quantized
 
-        plan = {m.name: {"bits": self.config.bits, "group_size": self.config.group_size} for m in self.report.modules}
+        plan = {
+            m.name: {"bits": round(m.nominal_bits), "group_size": self.config.group_size} for m in self.report.modules
+        }
         extra = {"config": self.config.to_dict(), "seconds": self.seconds, "calib_seconds": self.calib_seconds}
         return save_quantized(
             self.model.module, directory, key=self.model.key, method=self.config.method.value, plan=plan, extra=extra
@@ -99,6 +118,10 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     spec = METHODS.get(config.method.value)
     solve = spec.make_solver(config)
+    if config.plan is not None:
+        from bayesquant.allocation.plan import Plan
+
+        Plan.load(config.plan).check_modules(list(loaded.family.quantizable_modules(loaded.module)))
     batches: list = []
     if spec.needs_hessian:
         batches = calibration_batches(loaded, config.calib, config.nsamples, config.seq_len, config.seed)

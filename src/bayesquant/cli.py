@@ -132,6 +132,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         method=args.method, bits=args.bits, group_size=args.group_size, symmetric=args.symmetric,
         act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, block_size=args.block_size,
         calib=args.calib, nsamples=args.nsamples, seq_len=args.seq_len, seed=args.seed,
+        quantizer=args.quantizer, plan=args.plan,
     )  # fmt: skip
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -142,7 +143,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     summary: dict[str, Any] = {
         "model": result.model.key,
         "method": config.method.value,
-        "bits": config.bits,
+        "bits": config.bits if config.plan is None else "plan",
         "group_size": config.group_size or "channel",
         "act_order": config.act_order,
         "nominal_bits": size["nominal_bits"],
@@ -213,6 +214,68 @@ def cmd_posterior(args: argparse.Namespace) -> None:
     write_json(args.json, summary)
 
 
+def _pins(items: list[str] | None) -> dict[str, int]:
+    pins = {}
+    for item in items or []:
+        name, sep, bits = item.rpartition("=")
+        if not sep or not name or not bits.isdigit():
+            raise UserError(f"--pin {item!r}: expected NAME=BITS, e.g. --pin 'features.0=8'")
+        pins[name] = int(bits)
+    return pins
+
+
+def cmd_allocate(args: argparse.Namespace) -> None:
+    from bayesquant.allocation import Budget, allocate
+    from bayesquant.allocation.costs import posterior_cost_table
+    from bayesquant.allocation.plan import Plan
+    from bayesquant.posterior import Posterior
+
+    post = Posterior.load(args.posterior)
+    try:
+        widths = tuple(int(b) for b in args.bits.split(","))
+    except ValueError:
+        raise UserError(f"--bits {args.bits!r}: expected comma-separated widths, e.g. 2,3,4,5,6,8") from None
+    budget = Budget(args.budget, args.budget_kind)
+    table = posterior_cost_table(post, granularity=args.granularity, bits=widths, metric=args.metric,
+                                 quantizer=args.quantizer, group_size=args.group_size)  # fmt: skip
+    options = {"aggregation": args.aggregation} if args.allocator == "quantile_inform" else {}
+    start = time.perf_counter()
+    alloc = allocate(table, budget, args.allocator, min_bits=args.min_bits, max_bits=args.max_bits,
+                     pinned=_pins(args.pin), **options)  # fmt: skip
+    seconds = time.perf_counter() - start
+    plan = Plan.from_allocation(alloc)
+    plan.meta["posterior"] = str(args.posterior)
+    plan.save(args.out)
+    per_module = [{"module": m, "groups": len(b), "mean_bits": sum(b) / len(b)} for m, b in plan.modules.items()]
+    if args.plot:
+        _plot_bits(per_module, args.plot, f"{args.allocator}, {budget.kind.value} budget {budget.bits} bits")
+    summary = {"allocator": args.allocator, "budget": budget.bits, "budget_kind": budget.kind.value,
+               "granularity": args.granularity, "groups": table.n_groups, "nominal_bits": alloc.nominal_bits,
+               "storable_bits_estimate": alloc.storable_bits, "objective": alloc.objective, "seconds": seconds,
+               "out": args.out, "modules": per_module}  # fmt: skip
+    print_table(per_module, ["module", "groups", "mean_bits"])
+    print_table([summary], ["allocator", "budget", "budget_kind", "groups", "nominal_bits", "storable_bits_estimate",
+                            "objective", "seconds"])  # fmt: skip
+    write_json(args.json, summary)
+
+
+def _plot_bits(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(rows) + 2), 3.2))
+    ax.bar(range(len(rows)), [r["mean_bits"] for r in rows], color="tab:blue")
+    ax.set_xticks(range(len(rows)), [r["module"] for r in rows], rotation=75, ha="right", fontsize=7)
+    ax.set_ylabel("bits per weight")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(Path(path)) as fh:
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -267,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsamples", type=_positive_int, help="calibration windows / images / articles")
     p.add_argument("--seq-len", type=_positive_int, default=512, help="calibration window length (tokens)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--quantizer", default="uniform", help="rtn codebook: uniform | quantile | lloyd_max")
+    p.add_argument("--plan", help="PLAN.json from `bayesquant allocate`: one width per module (replaces --bits)")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--eval", metavar="SPEC", help="evaluate the quantized model on SPEC afterwards")
@@ -293,6 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", help="write the summary and per-layer statistics as JSON")
     p.set_defaults(func=cmd_posterior)
+
+    p = sub.add_parser("allocate", help="allocate bit-widths from a posterior under a budget; write a plan")
+    p.add_argument("--posterior", required=True, help="posterior FILE from `bayesquant posterior`")
+    p.add_argument("--budget", type=float, required=True, help="mean bits per weight")
+    p.add_argument("--budget-kind", default="nominal", help="nominal (code bits) | storable (codes + grids)")
+    p.add_argument("--allocator", default="knapsack", help="uniform | knapsack | baq | exact | quantile_inform | "
+                   "random_bits")  # fmt: skip
+    p.add_argument("--granularity", default="layer", help="layer | channel | column | block")
+    p.add_argument("--metric", default="expected_mse", help="expected_mse | hessian | informativeness")
+    p.add_argument("--quantizer", default="uniform", help="codebook the costs assume: uniform | quantile | lloyd_max")
+    p.add_argument("--group-size", type=_positive_int, help="grid group size the costs assume (default per row)")
+    p.add_argument("--bits", default="2,3,4,5,6,8", help="candidate widths")
+    p.add_argument("--min-bits", type=_positive_int, help="smallest width any group may take")
+    p.add_argument("--max-bits", type=_positive_int, help="largest width any group may take")
+    p.add_argument("--pin", action="append", metavar="NAME=BITS", help="keep modules matching NAME at ≥ BITS")
+    p.add_argument("--aggregation", default="mean", help="quantile_inform: mean (eq. 2) | entropy (eq. 15)")
+    p.add_argument("--out", required=True, help="PLAN.json (written atomically)")
+    p.add_argument("--plot", help="bits-per-layer bar chart (PNG)")
+    p.add_argument("--json", help="write the summary as JSON")
+    p.set_defaults(func=cmd_allocate)
     return parser
 
 

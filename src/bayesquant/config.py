@@ -8,6 +8,7 @@ from enum import Enum
 from bayesquant.errors import UserError
 
 CONFIG_VERSION = 1
+QUANTIZER_CHOICES = ("uniform", "quantile", "lloyd_max")
 
 
 class Method(str, Enum):
@@ -31,6 +32,8 @@ class QuantizeConfig:
     channel). act_order / static_groups / damp / block_size: GPTQ options (the reference's defaults).
     calib: data SPEC for calibration; nsamples: windows (language models), images or articles; None picks
     the task's default (64 windows, 1024 images, 128 articles). seq_len: calibration window length.
+    quantizer: the codebook of RTN — "uniform" (affine grid), "quantile" (paper (c) §3.3) or "lloyd_max".
+    plan: a plan JSON (`bayesquant allocate`) giving each module its own width (then `bits` is ignored).
     """
 
     method: Method = Method.GPTQ
@@ -45,6 +48,8 @@ class QuantizeConfig:
     nsamples: int | None = None
     seq_len: int = 512
     seed: int = 0
+    quantizer: str = "uniform"
+    plan: str | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -59,6 +64,10 @@ class QuantizeConfig:
             raise UserError(f"--block-size {self.block_size}: must be ≥ 1")
         if self.nsamples is not None and self.nsamples < 1:
             raise UserError(f"--nsamples {self.nsamples}: must be ≥ 1")
+        if self.quantizer not in QUANTIZER_CHOICES:
+            raise UserError(f"--quantizer {self.quantizer!r}: unknown; valid: {', '.join(QUANTIZER_CHOICES)}")
+        if self.quantizer != "uniform" and self.method != Method.RTN:
+            raise UserError(f"--quantizer {self.quantizer}: codebook quantizers are applied by --method rtn")
         if self.static_groups and self.group_size is None:
             raise UserError("--static-groups needs --group-size")
 

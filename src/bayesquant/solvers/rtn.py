@@ -25,3 +25,20 @@ def rtn_quantize(
         bits=bits, codes=torch.cat(codes, 1), group_size=g, scale=torch.cat(scales, 1), zero=torch.cat(zeros, 1)
     )
     return QuantizedWeight(shape=(rows, columns), segments=[segment])
+
+
+def codebook_rtn(W: torch.Tensor, bits: int, quantizer: str, *, group_size: int | None = None) -> QuantizedWeight:
+    """Nearest-level codes against a per-row (or per-group) codebook: "quantile" or "lloyd_max"."""
+    from bayesquant.quantizers import QUANTIZERS
+
+    W = W.detach().float()
+    rows, columns = W.shape
+    g = columns if not group_size or group_size >= columns else group_size
+    if columns % g:
+        raise ValueError(f"group_size={g} must divide the {columns} columns for a codebook quantizer")
+    blocks = W.reshape(rows * (columns // g), g)  # one codebook per (row, group)
+    fit = QUANTIZERS.get(quantizer)(blocks, bits)
+    codes = fit.codes.long().reshape(rows, columns)
+    codebook = fit.params.reshape(rows, columns // g, 1 << bits)
+    segment = QuantizedSegment(bits=bits, codes=codes, group_size=g, codebook=codebook)
+    return QuantizedWeight(shape=(rows, columns), segments=[segment])
