@@ -176,3 +176,23 @@ def test_replaying_finished_children_changes_nothing(monkeypatch):
     assert fast.keys() == slow.keys()
     for name in fast:
         assert torch.equal(fast[name], slow[name]), name
+
+
+def test_calibration_sees_exactly_the_weights_that_are_saved():
+    """The driver writes the float16-rounded grid's dequantization into the model, which is what the packed
+    module stores: later layers are calibrated on the very weights that get saved."""
+    from bayesquant.models import FAMILIES
+    from bayesquant.nn.layers import QuantLinear
+    from bayesquant.solvers.rtn import rtn_quantize
+    from bayesquant.solvers.sequential import quantize_sequential
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    def solve(_name, module, _H):
+        return rtn_quantize(module.weight.detach(), 3, group_size=8)
+
+    report = quantize_sequential(model, FAMILIES["small-net"], [], solve, needs_hessian=False)
+    for name, qw in report.qweights.items():
+        packed = QuantLinear.from_float(model.get_submodule(name), qw)
+        assert torch.equal(packed.dequantized_weight(torch.float32), model.get_submodule(name).weight.detach())

@@ -207,6 +207,18 @@ class QuantizedWeight:
         """Mean code width over the weights (scales, zeros, codebooks and perm not counted)."""
         return sum(seg.bits * seg.n_cols for seg in self.segments) / self.in_features
 
+    def with_stored_grids(self) -> QuantizedWeight:
+        """The same codes with every grid rounded to float16, as the packed modules store them, so that the
+        dequantized weight equals the saved model's exactly (calibration of later layers then sees it too)."""
+
+        def r(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(torch.float16).to(t.dtype)
+
+        segs = [
+            QuantizedSegment(s.bits, s.codes, s.group_size, r(s.scale), r(s.zero), r(s.codebook)) for s in self.segments
+        ]
+        return QuantizedWeight(self.shape, segs, self.perm)
+
     def dequantize(self) -> Tensor:
         """Float32 weight of `shape`."""
         parts = [seg.dequantize() for seg in self.segments]

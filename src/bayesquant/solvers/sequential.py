@@ -185,7 +185,7 @@ def quantize_sequential(
         for name in names:
             module = quantizable[name]
             t = time.perf_counter()
-            qw = solve(name, module, None if hessians is None else hessians[name])
+            qw = solve(name, module, None if hessians is None else hessians[name]).with_stored_grids()
             with torch.no_grad():
                 module.weight.copy_(qw.dequantize().reshape(module.weight.shape).to(module.weight.dtype))
             report.qweights[name] = qw
