@@ -296,29 +296,37 @@ def _round_down(cont: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> torc
 def _fill_single_upgrades(
     table: CostTable, units: torch.Tensor, mask: torch.Tensor, total: float, choice: torch.Tensor
 ) -> torch.Tensor:
-    """Spend what is left of the budget on one-step upgrades, best cost reduction per unit first."""
+    """Spend what is left of the budget on one-step upgrades, best cost reduction per unit first (each round
+    offers every group its next allowed width; the fitting prefix is taken at once, the rest one by one)."""
     choice = choice.clone()
     remaining = total - float(units.gather(1, choice[:, None]).sum())
     G, B = mask.shape
     ar = torch.arange(G)
+    cols = torch.arange(B)[None, :]
     for _ in range(B):
-        nxt_all = torch.where(mask & (torch.arange(B)[None, :] > choice[:, None]), torch.arange(B)[None, :], B)
-        nxt = nxt_all.min(1).values
+        nxt = torch.where(mask & (cols > choice[:, None]), cols, B).min(1).values
         has = nxt < B
         if remaining <= 0 or not has.any():
             break
-        nxt_c = nxt.clamp_max(B - 1)
-        du = units[ar, nxt_c] - units[ar, choice]
-        gain = table.cost[ar, choice] - table.cost[ar, nxt_c]
-        eff = torch.where(has & (du > 0), gain / du.clamp_min(1e-300), torch.tensor(-_BIG, dtype=torch.float64))
-        order = torch.argsort(-eff, stable=True)
-        moved = False
-        for gi in order.tolist():
-            if eff[gi] == -_BIG:
-                break
-            if du[gi] <= remaining + 1e-9:
-                choice[gi] = nxt[gi]
-                remaining -= float(du[gi])
+        g = ar[has]
+        to = nxt[has]
+        du = units[g, to] - units[g, choice[g]]
+        gain = table.cost[g, choice[g]] - table.cost[g, to]
+        keep = (du > 0) & (gain > 0)
+        g, to, du, gain = g[keep], to[keep], du[keep], gain[keep]
+        if len(g) == 0:
+            break
+        order = torch.argsort(-(gain / du), stable=True)
+        g, to, du = g[order], to[order], du[order]
+        cum = torch.cumsum(du, 0)
+        n_fit = int(torch.searchsorted(cum, torch.tensor(remaining, dtype=cum.dtype), right=True))
+        choice[g[:n_fit]] = to[:n_fit]  # one upgrade per group in a round: no duplicate indices
+        remaining -= float(cum[n_fit - 1]) if n_fit else 0.0
+        moved = n_fit > 0
+        for gi, ti, di in zip(g[n_fit:].tolist(), to[n_fit:].tolist(), du[n_fit:].tolist(), strict=True):
+            if di <= remaining + 1e-9:
+                choice[gi] = ti
+                remaining -= di
                 moved = True
         if not moved:
             break

@@ -70,19 +70,22 @@ def random_bits(
 def _downgrade_to_fit(
     table: CostTable, units: torch.Tensor, mask: torch.Tensor, total: float, choice: torch.Tensor
 ) -> torch.Tensor:
+    """Lower groups one allowed step at a time, least cost increase per saved unit first, until the budget fits."""
     choice = choice.clone()
-    ar = torch.arange(len(choice))
     B = mask.shape[1]
-    while float(units.gather(1, choice[:, None]).sum()) > total + 1e-9:
-        lower = torch.where(mask & (torch.arange(B)[None, :] < choice[:, None]), torch.arange(B)[None, :], -1)
-        prev = lower.max(1).values
-        has = prev >= 0
-        if not has.any():
+    cols = torch.arange(B)[None, :]
+    for _ in range(B):
+        excess = float(units.gather(1, choice[:, None]).sum()) - total
+        if excess <= 1e-9:
             break
-        p = prev.clamp_min(0)
-        saved = units[ar, choice] - units[ar, p]
-        loss = table.cost[ar, p] - table.cost[ar, choice]
-        score = torch.where(has & (saved > 0), loss / saved.clamp_min(1e-300), torch.tensor(float("inf")).double())
-        g = int(score.argmin())
-        choice[g] = prev[g]
+        prev = torch.where(mask & (cols < choice[:, None]), cols, -1).max(1).values
+        g = (prev >= 0).nonzero()[:, 0]
+        if len(g) == 0:
+            break
+        saved = units[g, choice[g]] - units[g, prev[g]]
+        worse = table.cost[g, prev[g]] - table.cost[g, choice[g]]
+        order = torch.argsort(worse / saved.clamp_min(1e-300), stable=True)
+        g, saved = g[order], saved[order]
+        n = int(torch.searchsorted(torch.cumsum(saved, 0), torch.tensor(excess, dtype=saved.dtype))) + 1
+        choice[g[:n]] = prev[g[:n]]  # the cheapest downgrades that together remove the excess
     return choice
