@@ -1,8 +1,12 @@
 """Mean-field VI on a reference classifier, initialised from the deterministic net: training time, then
 accuracy / NLL / ECE of the deterministic net and of the Bayesian net with T samples on the test split.
-Prints a markdown table, writes JSON and the posterior.
+With --val N the last N training images (seeded order) are held out, the posterior is scored on them after
+every epoch and the epoch with the lowest validation ECE is kept (early stopping; the test split is only
+used for the final numbers). That selection is only unbiased when the deterministic net never saw the
+held-out images: the reference nets of the zoo are trained on the whole training split, so for them --val
+scores on images the initial weights were fitted to. Prints a markdown table, writes JSON and the posterior.
 
-    .venv/bin/python bench/vi_classifier.py --model lenet5-mnist --epochs 5 --samples 16
+    .venv/bin/python bench/vi_classifier.py --model lenet5-mnist --epochs 5 --samples 16 --val 10000
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from pathlib import Path
 
 import torch
 
-from bayesquant.data.calibration import labelled_batches
+from bayesquant.data import load_dataset
+from bayesquant.data.calibration import Batches
 from bayesquant.eval import evaluate
+from bayesquant.eval import metrics as M
 from bayesquant.models import load_model
 from bayesquant.paths import atomic_file
-from bayesquant.posterior import MeanFieldVI, informativeness_table
+from bayesquant.posterior import MeanFieldVI, Posterior, bayesian_from_posterior, informativeness_table
 
 TEST = {"lenet5-mnist": "mnist:test", "mlp-2x100": "mnist:test", "resnet-fashion": "fashion-mnist:test"}
 
@@ -34,6 +40,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val", type=int, default=0, help="hold out N training images to pick the epoch")
     parser.add_argument("--out", default=None, help="JSON (default bench/out/vi-MODEL.json)")
     args = parser.parse_args()
     test = TEST[args.model]
@@ -41,20 +48,48 @@ def main() -> None:
 
     det = evaluate(args.model, test)
     loaded = load_model(args.model)
-    batches = labelled_batches(loaded, train, nsamples=10**9, batch_size=args.batch_size, seed=args.seed, shuffle=True)
+    data = load_dataset(train)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
+    fit_idx, val_idx = order[: len(data) - args.val], order[len(data) - args.val :]
+    x, y = data.images[fit_idx], data.labels[fit_idx]
+    bs = args.batch_size
+    batches = Batches([(x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)], shuffle=True, seed=args.seed)
+    history: list[dict] = []
+    best: dict = {}
+
+    def score(epoch: int) -> None:  # validation ECE after each epoch; keep the best posterior
+        xv, yv = data.images[val_idx], data.labels[val_idx]
+        probs = torch.cat([vi.predict(xv[i : i + 1000], samples=args.samples) for i in range(0, len(yv), 1000)])
+        row = {"epoch": epoch + 1, "val_accuracy": M.accuracy(probs, yv), "val_nll": M.nll(probs, yv),
+               "val_ece": M.ece(probs, yv)}  # fmt: skip
+        history.append(row)
+        print(f"epoch {epoch + 1}: validation {row}", flush=True)
+        if not best or row["val_ece"] < best["val_ece"]:
+            post = vi.posterior
+            mean = {k: v.clone() for k, v in post.mean.items()}
+            best.update(row, posterior=Posterior(mean, {k: v.clone() for k, v in post.var.items()}, dict(post.meta)))
+
     start = time.perf_counter()
     vi = MeanFieldVI(loaded, "classification", prior_std=args.prior_std, init_std=args.init_std, lr=args.lr,
-                     n_data=batches.n_total, seed=args.seed)  # fmt: skip
-    vi.fit(batches, epochs=args.epochs)
+                     n_data=len(fit_idx), seed=args.seed)  # fmt: skip
+    vi.fit(batches, epochs=args.epochs, on_epoch_end=score if args.val else None)
     train_seconds = time.perf_counter() - start
+    if args.val:  # the epoch chosen on validation data
+        chosen = best["posterior"]
+        chosen.meta["epoch_chosen"] = best["epoch"]
+        fresh = load_model(args.model)
+        fresh.module = bayesian_from_posterior(fresh.module, chosen, fresh.family)
+        loaded = fresh
     bayes = evaluate(loaded, test, samples=args.samples)
     out = Path(args.out or f"bench/out/vi-{args.model}.json")
-    post_path = vi.posterior.save(out.with_suffix(".posterior.safetensors"))
+    final_post = best["posterior"] if args.val else vi.posterior
+    post_path = final_post.save(out.with_suffix(".posterior.safetensors"))
 
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     lines = [
-        f"{args.model}: deterministic vs mean-field VI ({args.epochs} epochs on {train}, "
-        f"prior std {args.prior_std}, lr {args.lr}; {machine})",
+        f"{args.model}: deterministic vs mean-field VI ({args.epochs} epochs on {len(fit_idx)} images of {train}"
+        + (f", epoch {best['epoch']} chosen by validation ECE on {args.val} held-out images" if args.val else "")
+        + f"; prior std {args.prior_std}, init std {args.init_std}, lr {args.lr}; {machine})",
         "",
         "| model | samples T | accuracy | NLL | ECE | Brier | mutual information | train s |",
         "|---|---|---|---|---|---|---|---|",
@@ -65,11 +100,11 @@ def main() -> None:
             f"| {r['brier']:.4f} | {r['mutual_information']:.4f} | {t} |"
         )
     print("\n".join(lines))
-    print(informativeness_table(vi.posterior))
+    print(informativeness_table(final_post))
     with atomic_file(out, "w") as fh:
         json.dump({"machine": machine, "args": vars(args), "deterministic": det, "vi": bayes,
-                   "train_seconds": train_seconds, "posterior": str(post_path),
-                   "layers": vi.posterior.summary()}, fh, indent=2, default=str)  # fmt: skip
+                   "train_seconds": train_seconds, "posterior": str(post_path), "validation": history,
+                   "layers": final_post.summary()}, fh, indent=2, default=str)  # fmt: skip
 
 
 if __name__ == "__main__":

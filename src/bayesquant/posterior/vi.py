@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sized
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 import torch
@@ -188,8 +188,10 @@ class MeanFieldVI:
             params += [layer.mu, layer.rho] + ([layer.bias] if layer.bias is not None else [])
         return params
 
-    def fit(self, loader: Iterable, epochs: int = 1) -> MeanFieldVI:
-        """Run `epochs` passes of Adam over `loader` (re-iterable: a list of batches or a DataLoader)."""
+    def fit(self, loader: Iterable, epochs: int = 1, on_epoch_end: Callable[[int], None] | None = None) -> MeanFieldVI:
+        """Run `epochs` passes of Adam over `loader` (re-iterable: a list of batches or a DataLoader).
+        `on_epoch_end(epoch)` is called after each pass (e.g. to score a validation set and keep the best
+        `posterior`); it runs outside the training random stream."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise UserError(f"epochs={epochs!r}: must be a positive integer")
         n_batches, n_examples = _count(loader, self.likelihood, need_examples=self.n_data is None)
@@ -220,7 +222,7 @@ class MeanFieldVI:
             self.model.eval()  # BatchNorm/dropout as pretrained; Bayesian layers sample in eval mode too
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
-                for _ in range(epochs):
+                for epoch in range(epochs):
                     for batch in loader:
                         inputs, targets = split_batch(_to(batch, device), self.likelihood)
                         output = forward(self.model, inputs, self.likelihood)
@@ -244,6 +246,10 @@ class MeanFieldVI:
                                 )
                             bar.set_postfix(loss=f"{running:.4g}", beta=f"{beta:.2f}")
                             loss_sum, loss_n = torch.zeros((), device=device), 0
+                    if on_epoch_end is not None and step > 0:
+                        self._fitted_n_data = n_data  # the posterior is readable inside the callback
+                        with torch.random.fork_rng(devices=devices), torch.no_grad():
+                            on_epoch_end(epoch)
             if step == 0:
                 raise UserError("loader: the loader yielded no batches; give it at least one batch of data")
             self.final_loss = float(loss.detach())
