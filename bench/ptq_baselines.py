@@ -20,20 +20,20 @@ from pathlib import Path
 from bayesquant.paths import atomic_file
 
 DEFAULT_DATA = {"smollm2-135m": "bbc-news:test", "minilm-bbc": "bbc-news:test", "resnet-fashion": "fashion-mnist:test"}
-BIN = Path(sys.executable).parent / "bayesquant"
+CLI = [sys.executable, "-m", "bayesquant.cli"]  # the bayesquant command of this interpreter
 
 
 def run_config(model: str, config: str, data: str, work: Path, extra: list[str]) -> dict:
     js = work / f"{config.replace(':', '_')}.json"
     if config == "fp32":  # the unquantized reference row
-        cmd = [str(BIN), "eval", "--model", model, "--data", data, "--json", str(js)]
+        cmd = [*CLI, "eval", "--model", model, "--data", data, "--json", str(js)]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         r = json.loads(js.read_text())
         return r | {"nominal_bits": 32.0, "storable_bits": 32.0, "quantize_seconds": 0.0, "eval_seconds": r["seconds"]}
     method, bits, group, *flags = config.split(":")
     out = work / config.replace(":", "_")
-    cmd = [str(BIN), "quantize", "--model", model, "--method", method, "--bits", bits, "--out", str(out)]
+    cmd = [*CLI, "quantize", "--model", model, "--method", method, "--bits", bits, "--out", str(out)]
     cmd += ["--eval", data, "--json", str(js), "--overwrite", *extra]
     if group != "0":
         cmd += ["--group-size", group]

@@ -108,3 +108,12 @@ def test_allocate_then_quantize_with_the_plan(capsys, tmp_path):
     code, _, err = run(capsys, "allocate", "--posterior", str(post), "--budget", "4", "--pin", "fc9=8",
                        "--out", str(plan))  # fmt: skip
     assert_one_line_error(code, err, "fc9", "no module matches")
+
+
+def test_quantizer_choice_is_validated():
+    from bayesquant.config import QuantizeConfig
+
+    with pytest.raises(UserError, match="--quantizer 'kmeans'"):
+        QuantizeConfig(method="rtn", quantizer="kmeans")
+    with pytest.raises(UserError, match="--method rtn"):
+        QuantizeConfig(method="gptq", quantizer="lloyd_max")

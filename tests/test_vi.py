@@ -205,6 +205,20 @@ def test_fit_is_seeded_and_restores_the_global_rng():
     assert torch.equal(a, b) and torch.equal(torch.rand(1), after)
 
 
+def test_epoch_callback_sees_each_epoch_and_leaves_training_unchanged():
+    seen = []
+
+    def cb(epoch: int) -> None:
+        seen.append((epoch, vi.posterior.var["3"].clone()))
+        torch.rand(100)  # the callback's own random numbers must not shift the training stream
+
+    vi = MeanFieldVI(_net(), prior_std=0.5, lr=1e-2, seed=3, progress=False)
+    vi.fit(_batches(), epochs=3, on_epoch_end=cb)
+    plain = MeanFieldVI(_net(), prior_std=0.5, lr=1e-2, seed=3, progress=False).fit(_batches(), epochs=3)
+    assert [e for e, _ in seen] == [0, 1, 2] and not torch.equal(seen[0][1], seen[2][1])
+    assert torch.equal(vi.layers["3"].mu, plain.layers["3"].mu)
+
+
 def test_n_data_defaults_to_the_examples_of_one_pass():
     data = TensorDataset(torch.randn(50, 4), torch.randint(0, 3, (50,)))
     vi = MeanFieldVI(_net(), progress=False).fit(DataLoader(data, batch_size=16, shuffle=True), epochs=1)
