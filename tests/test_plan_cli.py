@@ -117,3 +117,43 @@ def test_quantizer_choice_is_validated():
         QuantizeConfig(method="rtn", quantizer="kmeans")
     with pytest.raises(UserError, match="--method rtn"):
         QuantizeConfig(method="gptq", quantizer="lloyd_max")
+
+
+def test_mc_task_loss_table_measures_the_loss_increase():
+    from bayesquant.allocation.costs import mc_task_loss_table, nll_loss
+    from bayesquant.models.family import FAMILIES
+    from bayesquant.posterior.laplace import DiagLaplace
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(64, 6, dtype=torch.float64), torch.randint(0, 3, (64,))
+    batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+    post = DiagLaplace(model, progress=False).fit(batches).posterior
+    modules = FAMILIES["small-net"].quantizable_modules(model)
+    loss = nll_loss(batches, "classification")
+    base = loss(model)
+    table = mc_task_loss_table(model, post, modules, loss, bits=(2, 4, 8))
+    assert table.cost.shape == (2, 3) and table.meta["base_loss"] == pytest.approx(base)
+    # by hand: layer "2" at 2 bits, everything else at μ
+    q = post.mean["2"] - quantization_error(post.mean["2"], 2, "uniform", None)
+    with post.weights_in(modules, {**post.mean, "2": q}):
+        expected = max(loss(model) - base, 0.0)
+    assert float(table.cost[1, 0]) == pytest.approx(expected)
+    assert float(table.cost[:, 0].sum()) > float(table.cost[:, 2].sum())  # 2 bits hurt more than 8
+    torch.testing.assert_close(modules["2"].weight, post.mean["2"])  # the model's weights are restored
+    drawn = mc_task_loss_table(model, post, modules, loss, bits=(2, 8), samples=3)
+    assert drawn.meta["samples"] == 3 and torch.isfinite(drawn.cost).all()
+
+
+@pytest.mark.integration
+def test_allocate_with_the_task_loss_on_real_data(capsys, tmp_path):
+    post = tmp_path / "dc.safetensors"
+    assert run(capsys, "posterior", "--model", "digit-cnn", "--nsamples", "64", "--out", str(post))[0] == 0
+    plan = tmp_path / "plan.json"
+    code, _, _ = run(capsys, "allocate", "--posterior", str(post), "--budget", "3", "--metric", "mc_task_loss",
+                     "--model", "digit-cnn", "--calib", "mnist:train", "--nsamples", "128",
+                     "--out", str(plan))  # fmt: skip
+    assert code == 0 and len(json.loads(plan.read_text())["modules"]) == 5
+    code, _, err = run(capsys, "allocate", "--posterior", str(post), "--budget", "3", "--metric", "mc_task_loss",
+                       "--out", str(plan))  # fmt: skip
+    assert_one_line_error(code, err, "--model KEY")

@@ -236,8 +236,11 @@ def cmd_allocate(args: argparse.Namespace) -> None:
     except ValueError:
         raise UserError(f"--bits {args.bits!r}: expected comma-separated widths, e.g. 2,3,4,5,6,8") from None
     budget = Budget(args.budget, args.budget_kind)
-    table = posterior_cost_table(post, granularity=args.granularity, bits=widths, metric=args.metric,
-                                 quantizer=args.quantizer, group_size=args.group_size)  # fmt: skip
+    if args.metric == "mc_task_loss":
+        table = _mc_table(args, post, widths)
+    else:
+        table = posterior_cost_table(post, granularity=args.granularity, bits=widths, metric=args.metric,
+                                     quantizer=args.quantizer, group_size=args.group_size)  # fmt: skip
     options = {"aggregation": args.aggregation} if args.allocator == "quantile_inform" else {}
     start = time.perf_counter()
     alloc = allocate(table, budget, args.allocator, min_bits=args.min_bits, max_bits=args.max_bits,
@@ -257,6 +260,29 @@ def cmd_allocate(args: argparse.Namespace) -> None:
     print_table([summary], ["allocator", "budget", "budget_kind", "groups", "nominal_bits", "storable_bits_estimate",
                             "objective", "seconds"])  # fmt: skip
     write_json(args.json, summary)
+
+
+def _mc_table(args: argparse.Namespace, post: Any, widths: tuple[int, ...]) -> Any:
+    """The Monte-Carlo task-loss table: needs the model and labelled calibration data."""
+    from bayesquant.allocation.costs import mc_task_loss_table, nll_loss
+    from bayesquant.data.calibration import labelled_batches
+    from bayesquant.models import load_model
+
+    if not args.model:
+        raise UserError("--metric mc_task_loss: give --model KEY (and --calib SPEC) to measure the task loss")
+    if args.granularity != "layer":
+        raise UserError(f"--metric mc_task_loss works per layer; got --granularity {args.granularity}")
+    loaded = load_model(args.model)
+    if loaded.task.value not in ("image_classification", "text_classification", "causal_lm"):
+        raise UserError(f"--metric mc_task_loss: {loaded.key} has no task loss; use another --metric")
+    batches = labelled_batches(loaded, args.calib, args.nsamples, seed=args.seed)
+    if not batches.labels_valid:
+        raise UserError(f"--calib {args.calib}: its labels are not {loaded.key}'s classes")
+    likelihood = "causal_lm" if loaded.task.value == "causal_lm" else "classification"
+    modules = loaded.family.quantizable_modules(loaded.module)
+    return mc_task_loss_table(loaded.module, post, modules, nll_loss(batches, likelihood), bits=widths,
+                              quantizer=args.quantizer, group_size=args.group_size, samples=args.samples,
+                              seed=args.seed)  # fmt: skip
 
 
 def _plot_bits(rows: list[dict], path: str, title: str) -> None:
@@ -366,7 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocator", default="knapsack", help="uniform | knapsack | baq | exact | quantile_inform | "
                    "random_bits")  # fmt: skip
     p.add_argument("--granularity", default="layer", help="layer | channel | column | block")
-    p.add_argument("--metric", default="expected_mse", help="expected_mse | hessian | informativeness")
+    p.add_argument("--metric", default="expected_mse", help="expected_mse | hessian | informativeness | "
+                   "mc_task_loss (needs --model, --calib)")  # fmt: skip
+    p.add_argument("--model", help="mc_task_loss: the zoo KEY the posterior belongs to")
+    p.add_argument("--calib", help="mc_task_loss: labelled SPEC to measure the loss on (default: its training split)")
+    p.add_argument("--nsamples", type=_positive_int, help="mc_task_loss: examples of --calib")
+    p.add_argument("--samples", type=_positive_int, default=1, help="mc_task_loss: posterior draws (1 = μ only)")
+    p.add_argument("--seed", type=int, default=0, help="mc_task_loss: sampling seed")
     p.add_argument("--quantizer", default="uniform", help="codebook the costs assume: uniform | quantile | lloyd_max")
     p.add_argument("--group-size", type=_positive_int, help="grid group size the costs assume (default per row)")
     p.add_argument("--bits", default="2,3,4,5,6,8", help="candidate widths")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -183,8 +184,30 @@ def mc_task_loss_table(
         [torch.tensor([_grid_bits(quantizer, b) * post.mean[n].shape[0] * _grids_per_row(post, n, group_size)
                        for b in bits]) for n in modules]
     )  # fmt: skip
-    return CostTable(cost, sizes, bits, overhead, list(modules), None, "layer",
-                     meta={"metric": "mc_task_loss", "samples": samples, "base_loss": base})  # fmt: skip
+    info = posterior_cost_table(post, granularity="layer", bits=bits[:1]).info  # for Quantile Inform
+    return CostTable(cost, sizes, bits, overhead, list(modules), None, "layer", info=info,
+                     meta={"metric": "mc_task_loss", "samples": samples, "base_loss": base,
+                           "quantizer": quantizer, "group_size": group_size})  # fmt: skip
+
+
+def nll_loss(batches: Iterable[Any], likelihood: str) -> TaskLoss:
+    """A task loss for `mc_task_loss_table`: the mean per-example negative log-likelihood over `batches`
+    (the batch convention of `bayesquant.posterior.likelihood`)."""
+    from bayesquant.posterior.likelihood import Likelihood, nll
+
+    lik = Likelihood.parse(likelihood)
+    batches = list(batches)
+
+    @torch.no_grad()
+    def loss(model: nn.Module) -> float:
+        model.eval()
+        total, n = 0.0, 0
+        for batch in batches:
+            per = nll(model, batch, lik)
+            total, n = total + float(per.sum()), n + per.numel()
+        return total / max(n, 1)
+
+    return loss
 
 
 def _grids_per_row(post: Posterior, name: str, group_size: int | None) -> int:
