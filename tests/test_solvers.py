@@ -196,3 +196,40 @@ def test_calibration_sees_exactly_the_weights_that_are_saved():
     for name, qw in report.qweights.items():
         packed = QuantLinear.from_float(model.get_submodule(name), qw)
         assert torch.equal(packed.dequantized_weight(torch.float32), model.get_submodule(name).weight.detach())
+
+
+def test_replay_survives_in_place_ops_downstream(monkeypatch):
+    """Finished convs followed by in-place ops: replayed outputs must not have been modified in place."""
+    from bayesquant.models.family import Family
+    from bayesquant.solvers import sequential
+
+    class Shift(nn.Module):  # an in-place op that, unlike ReLU, changes its input each time it is applied
+        def forward(self, x):
+            return x.add_(1.0)
+
+    def block(cin: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, 4, 3, padding=1), Shift(), nn.Conv2d(4, 4, 3, padding=1))
+
+    def run():
+        torch.manual_seed(0)
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = nn.Sequential(block(3), block(4))  # two blocks; each replays its first conv later
+
+            def forward(self, x):
+                return self.net(x)
+
+        model = Net()
+        x = torch.randn(8, 3, 6, 6)
+        batches = [((x[:4],), {}), ((x[4:],), {})]
+        report = quantize_sequential(model, Family("t", blocks="net"), batches, _gptq_solver(3))
+        return {n: q.dequantize() for n, q in report.qweights.items()}
+
+    fast = run()
+    monkeypatch.setattr(sequential.FrozenOutputs, "update", lambda self, done: None)
+    slow = run()
+    assert fast.keys() == slow.keys() and len(fast) == 4
+    for name in fast:
+        assert torch.equal(fast[name], slow[name]), name

@@ -122,45 +122,66 @@ def _groups(block: nn.Module, prefix: str, family: Family, quantizable: dict[str
     return [[n] for n in inside]
 
 
-class FrozenOutputs:
-    """Replays the outputs of a block's finished children during later calibration passes.
+def _clone(out: Any) -> Any:
+    """A copy of a recorded output, so an in-place op downstream (e.g. ReLU(inplace=True)) cannot change it."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, tuple):
+        return tuple(_clone(o) for o in out)
+    return out
 
-    A child of the block (e.g. Llama's `self_attn`) is finished once its own quantizable modules and every
-    quantizable module registered before it are quantized: its input and weights no longer change, so its
-    output for calibration batch j is fixed. It is recorded at the next pass and replayed afterwards, which
-    saves recomputing the attention in the two or three passes that follow it.
+
+class FrozenOutputs:
+    """Replays the outputs of a block's finished sub-modules during later calibration passes.
+
+    A sub-module of the block (e.g. Llama's `self_attn`, or its `q_proj`, or `mlp.gate_proj`) is finished once
+    its own quantizable modules and every quantizable module registered before it are quantized: its input and
+    weights no longer change, so its output for calibration batch j is fixed. It is recorded at the next pass
+    and replayed (as a copy) afterwards, which saves recomputing the attention and the finished projections in
+    the passes that follow. Sub-modules without quantizable modules inside (norms, activations) are recomputed.
     """
 
     def __init__(self, block: nn.Module, prefix: str, quantizable: dict[str, nn.Module]) -> None:
         self.order = [n for n in quantizable if n.startswith(prefix)]
-        self.children: list[tuple[nn.Module, int]] = []  # (child, position of its last quantizable module)
-        for cname, child in block.named_children():
-            inside = [k for k, n in enumerate(self.order) if n.startswith(f"{prefix}{cname}.")]
+        self.modules: list[tuple[nn.Module, int]] = []  # (sub-module, position of its last quantizable module)
+        for rel, module in block.named_modules():
+            if not rel:
+                continue  # the block itself
+            full = f"{prefix}{rel}"
+            inside = [k for k, n in enumerate(self.order) if n == full or n.startswith(f"{full}.")]
             if inside:
-                self.children.append((child, max(inside)))
+                self.modules.append((module, max(inside)))
         self.index = 0  # the calibration batch being run
         self.outputs: dict[nn.Module, dict[int, Any]] = {}
 
     def update(self, done: set[str]) -> None:
-        """Start recording every child that became finished."""
-        for child, last in self.children:
-            if child not in self.outputs and all(n in done for n in self.order[: last + 1]):
-                self.outputs[child] = {}
-                child.forward = self._replaying(child, child.forward)  # instance attribute: shadows the method
+        """Start recording every sub-module that became finished. Called after each pass: a module recording
+        since the previous call has now recorded every batch, so its descendants' records are no longer read
+        (the module replays as a whole) and are dropped to save memory."""
+        for module in list(self.outputs):
+            for sub in module.modules():
+                if sub is not module and sub in self.outputs:
+                    self.outputs[sub].clear()
+        for module, last in self.modules:
+            if module not in self.outputs and all(n in done for n in self.order[: last + 1]):
+                self.outputs[module] = {}
+                module.forward = self._replaying(module, module.forward)  # instance attribute: shadows the method
 
-    def _replaying(self, child: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-        store = self.outputs[child]
+    def _replaying(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        store = self.outputs[module]
 
         def replay(*args: Any, **kwargs: Any) -> Any:
             if self.index not in store:
-                store[self.index] = forward(*args, **kwargs)
-            return store[self.index]
+                out = forward(*args, **kwargs)
+                store[self.index] = _clone(out)  # kept apart from what the caller may modify in place
+                return out
+            return _clone(store[self.index])
 
         return replay
 
     def close(self) -> None:
-        for child in self.outputs:
-            del child.forward  # back to the class's method
+        for module in self.outputs:
+            del module.forward  # back to the class's method
         self.outputs.clear()
 
 
