@@ -102,7 +102,11 @@ def test_allocate_then_quantize_with_the_plan(capsys, tmp_path):
     result = json.loads(js.read_text())
     assert code == 0 and result["bits"] == "plan" and 3.8 <= result["nominal_bits"] <= 4.0 + 1e-9
     assert result["accuracy"] > 0.95
-    code, _, err = run(capsys, "quantize", "--model", "lenet5-mnist", "--method", "rtn", "--plan", str(plan),
+    other = tmp_path / "other.json"  # a plan for another model: its module names differ
+    data = json.loads(plan.read_text())
+    data["modules"] = {f"features.{i}": w for i, w in enumerate(data["modules"].values())}
+    other.write_text(json.dumps(data))
+    code, _, err = run(capsys, "quantize", "--model", "digit-cnn", "--method", "rtn", "--plan", str(other),
                        "--out", str(tmp_path / "q2"))  # fmt: skip
     assert_one_line_error(code, err, "--plan", "does not match the model")
     code, _, err = run(capsys, "allocate", "--posterior", str(post), "--budget", "4", "--pin", "fc9=8",
