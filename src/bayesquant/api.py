@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bayesquant.config import QuantizeConfig
+from bayesquant.config import Method, QuantizeConfig
 from bayesquant.data.calibration import calibration_batches
+from bayesquant.errors import UserError
 from bayesquant.models import LoadedModel, load_model
 from bayesquant.nn.qweight import QuantizedWeight
 from bayesquant.registry import Registry
-from bayesquant.solvers.gptq import gptq_quantize
+from bayesquant.solvers.gptq import gptq_quantize, gptq_quantize_mixed
 from bayesquant.solvers.rtn import codebook_rtn, rtn_quantize
 from bayesquant.solvers.sequential import SequentialReport, Solver, quantize_sequential
 
@@ -33,7 +34,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MethodSpec:
     needs_hessian: bool
-    make_solver: Callable[[QuantizeConfig], Solver]
+    make_solver: Callable[[QuantizeConfig, LoadedModel], Solver]
+
+
+@dataclass
+class SolveLog:
+    """What a solver decided per module beyond its weights: its groups' widths (mixed methods) and notes."""
+
+    widths: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    notes: dict[str, dict] = dataclasses.field(default_factory=dict)
+    plan_meta: dict = dataclasses.field(default_factory=dict)
 
 
 METHODS: Registry[MethodSpec] = Registry("method", "--method")
@@ -57,7 +67,7 @@ def _bits_for(cfg: QuantizeConfig) -> Callable[[str], int]:
     return plan.layer_bits
 
 
-def _rtn(cfg: QuantizeConfig) -> Solver:
+def _rtn(cfg: QuantizeConfig, _loaded: LoadedModel | None = None, _log: SolveLog | None = None) -> Solver:
     bits_for = _bits_for(cfg)
 
     def solve(name: str, module: nn.Module, _H: torch.Tensor | None) -> QuantizedWeight:
@@ -70,7 +80,9 @@ def _rtn(cfg: QuantizeConfig) -> Solver:
     return solve
 
 
-def _gptq(cfg: QuantizeConfig) -> Solver:
+def _gptq(cfg: QuantizeConfig, _loaded: LoadedModel | None = None, _log: SolveLog | None = None) -> Solver:
+    if cfg.grid != "minmax" or (cfg.plan is not None and _plan_granularity(cfg.plan) == "column"):
+        return _gptq_columns(cfg)
     bits_for = _bits_for(cfg)
 
     def solve(name: str, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight:
@@ -84,8 +96,118 @@ def _gptq(cfg: QuantizeConfig) -> Solver:
     return solve
 
 
+def _plan_granularity(path: str) -> str:
+    from bayesquant.allocation.plan import Plan
+
+    return Plan.load(path).granularity
+
+
+def _gptq_columns(cfg: QuantizeConfig, widths_for=None, importance_for=None, log: SolveLog | None = None) -> Solver:
+    """GPTQ through the mixed-width solver: one width per input column (a column plan, or BayesQ's allocation),
+    or one per module; grids "minmax" or "mse" (weighted by `importance_for(name)`, default diag H)."""
+    if widths_for is None:
+        if cfg.plan is not None and _plan_granularity(cfg.plan) == "column":
+            from bayesquant.allocation.plan import Plan
+
+            modules = Plan.load(cfg.plan).modules
+            widths_for = lambda name, cols: torch.tensor(modules[name])  # noqa: E731
+        else:
+            bits_for = _bits_for(cfg)
+            widths_for = lambda name, cols: torch.full((cols,), bits_for(name))  # noqa: E731
+    identity = cfg.method == Method.BAYESQ and cfg.solver == "rtn"
+
+    def solve(name: str, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight:
+        W = _weight(module)
+        cols = W.shape[1]
+        widths = widths_for(name, cols)
+        if widths.shape != (cols,):
+            raise UserError(f"--plan: module {name} has {cols} input columns; the plan gives {len(widths)} widths")
+        if identity or H is None:  # no error feedback: every column rounded on its own (RTN on the same grids)
+            H = torch.eye(cols)
+        imp = importance_for(name, W.shape) if importance_for is not None else None
+        result = gptq_quantize_mixed(
+            W, H, widths, group_size=cfg.group_size, act_order=bool(cfg.act_order), damp=cfg.damp,
+            block_size=cfg.block_size, grid=cfg.grid, importance=imp, symmetric=cfg.symmetric,
+        )  # fmt: skip
+        if log is not None:
+            log.widths[name] = widths.tolist()
+        return _with_shape(result.qweight, module)
+
+    return solve
+
+
+def _baq(cfg: QuantizeConfig, _loaded: LoadedModel, log: SolveLog) -> Solver:
+    """BAQ (`bayesquant.solvers.mixed`): per layer, a GPTQ pass at the reference width, the equal-loss
+    allocation of the layer's budget over its input columns, and the re-quantization at those widths."""
+    from bayesquant.allocation.table import Budget
+    from bayesquant.solvers.mixed import baq_quantize
+
+    budget = Budget(float(cfg.bits), cfg.budget)
+    log.plan_meta = {"allocator": "baq", "budget": {"bits": budget.bits, "kind": budget.kind.value},
+                     "rounds": cfg.rounds}  # fmt: skip
+
+    def solve(name: str, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight:
+        assert H is not None
+        result, widths, trace = baq_quantize(
+            _weight(module), H, budget, group_size=cfg.group_size, rounds=cfg.rounds, min_bits=cfg.min_bits,
+            max_bits=cfg.max_bits, act_order=bool(cfg.act_order), damp=cfg.damp, block_size=cfg.block_size,
+            grid=cfg.grid, symmetric=cfg.symmetric,
+        )  # fmt: skip
+        log.widths[name] = widths.tolist()
+        log.notes[name] = {"round_bits": trace.bits, "round_loss": trace.loss, "kept_round": trace.kept}
+        return _with_shape(result.qweight, module)
+
+    return solve
+
+
+def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
+    """BayesQ: posterior → closed-form posterior-expected cost table → allocation of the whole model's budget
+    (knapsack by default) → precision-weighted grids → rounding with GPTQ error feedback (or RTN)."""
+    from bayesquant.allocation.allocators import allocate
+    from bayesquant.allocation.costs import posterior_cost_table
+    from bayesquant.allocation.table import Budget
+    from bayesquant.posterior.base import Posterior
+
+    t = time.perf_counter()
+    if cfg.posterior is not None:
+        post = Posterior.load(cfg.posterior)
+        post.check_model(loaded.family.quantizable_modules(loaded.module))
+    else:
+        n = cfg.posterior_nsamples or (16 if loaded.task.value == "causal_lm" else None)
+        method = "laplace-layerwise" if loaded.task.value == "text_embedding" else "laplace-diag"
+        curvature = "ggn" if loaded.task.value != "causal_lm" else "fisher"  # labels: the model's own predictive
+        post = estimate_posterior(loaded, method, calib=cfg.calib, nsamples=n, seq_len=cfg.seq_len, seed=cfg.seed,
+                                  curvature=curvature, prior_precision="marglik")  # fmt: skip
+    posterior_seconds = time.perf_counter() - t
+    table = posterior_cost_table(post, granularity=cfg.granularity, metric="expected_mse", quantizer="uniform",
+                                 group_size=cfg.group_size, bits=_candidates(cfg))  # fmt: skip
+    alloc = allocate(table, Budget(float(cfg.bits), cfg.budget), cfg.allocator, min_bits=cfg.min_bits,
+                     max_bits=cfg.max_bits)  # fmt: skip
+    per_module = alloc.per_module()
+    log.plan_meta = {"allocator": cfg.allocator, "budget": {"bits": float(cfg.bits), "kind": cfg.budget},
+                     "nominal_bits": alloc.nominal_bits, "storable_bits_estimate": alloc.storable_bits,
+                     "objective": alloc.objective, "metric": "expected_mse", "posterior": post.meta,
+                     "posterior_seconds": posterior_seconds,
+                     "allocation_seconds": time.perf_counter() - t - posterior_seconds}  # fmt: skip
+
+    def widths_for(name: str, cols: int) -> torch.Tensor:
+        w = per_module[name]
+        return torch.tensor(w if len(w) == cols else w * cols)
+
+    def importance_for(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return post.precision(name).float().reshape(shape)
+
+    return _gptq_columns(cfg, widths_for, importance_for, log)
+
+
+def _candidates(cfg: QuantizeConfig) -> tuple[int, ...]:
+    return tuple(b for b in (1, 2, 3, 4, 5, 6, 8) if (cfg.min_bits or 2) <= b <= (cfg.max_bits or 8))
+
+
 METHODS.register("rtn", MethodSpec(needs_hessian=False, make_solver=_rtn))
 METHODS.register("gptq", MethodSpec(needs_hessian=True, make_solver=_gptq))
+METHODS.register("baq", MethodSpec(needs_hessian=True, make_solver=_baq))
+METHODS.register("bayesq", MethodSpec(needs_hessian=True, make_solver=_bayesq))
 
 
 @dataclass
@@ -97,14 +219,23 @@ class QuantizeResult:
     report: SequentialReport
     seconds: float
     calib_seconds: float
+    log: SolveLog = dataclasses.field(default_factory=SolveLog)
 
     def save(self, directory: str | Path) -> Path:
         from bayesquant.io import save_quantized
 
-        plan = {
-            m.name: {"bits": round(m.nominal_bits), "group_size": self.config.group_size} for m in self.report.modules
-        }
+        plan: dict = {}
+        for m in self.report.modules:
+            widths = self.log.widths.get(m.name)
+            plan[m.name] = {"bits": round(m.nominal_bits) if widths is None else m.nominal_bits,
+                            "group_size": self.config.group_size}  # fmt: skip
+            if widths is not None and len(set(widths)) > 1:
+                plan[m.name]["column_bits"] = widths
         extra = {"config": self.config.to_dict(), "seconds": self.seconds, "calib_seconds": self.calib_seconds}
+        if self.log.plan_meta:
+            extra["allocation"] = self.log.plan_meta
+        if self.log.notes:
+            extra["notes"] = self.log.notes
         return save_quantized(
             self.model.module, directory, key=self.model.key, method=self.config.method.value, plan=plan, extra=extra
         )
@@ -117,21 +248,23 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
     start = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     spec = METHODS.get(config.method.value)
-    solve = spec.make_solver(config)
+    solve_log = SolveLog()
+    solve = spec.make_solver(config, loaded, solve_log)
     if config.plan is not None:
         from bayesquant.allocation.plan import Plan
 
         Plan.load(config.plan).check_modules(list(loaded.family.quantizable_modules(loaded.module)))
     batches: list = []
-    if spec.needs_hessian:
+    needs_hessian = spec.needs_hessian and not (config.method == Method.BAYESQ and config.solver == "rtn")
+    if needs_hessian:
         batches = calibration_batches(loaded, config.calib, config.nsamples, config.seq_len, config.seed)
     calib_seconds = time.perf_counter() - start
     report = quantize_sequential(
-        loaded.module, loaded.family, batches, solve, needs_hessian=spec.needs_hessian, desc=config.method.value
+        loaded.module, loaded.family, batches, solve, needs_hessian=needs_hessian, desc=config.method.value
     )
     for name, qw in report.qweights.items():
         quantize_module_inplace(loaded.module, name, qw)
-    return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds)
+    return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds, solve_log)
 
 
 POSTERIOR_METHODS = ("laplace-diag", "laplace-layerwise", "vi")

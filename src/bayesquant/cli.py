@@ -132,7 +132,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         method=args.method, bits=args.bits, group_size=args.group_size, symmetric=args.symmetric,
         act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, block_size=args.block_size,
         calib=args.calib, nsamples=args.nsamples, seq_len=args.seq_len, seed=args.seed,
-        quantizer=args.quantizer, plan=args.plan,
+        quantizer=args.quantizer, plan=args.plan, budget=args.budget, grid=args.grid, min_bits=args.min_bits,
+        max_bits=args.max_bits, posterior=args.posterior, posterior_nsamples=args.posterior_nsamples,
+        allocator=args.allocator, granularity=args.granularity, solver=args.solver, rounds=args.rounds,
     )  # fmt: skip
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -144,6 +146,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         "model": result.model.key,
         "method": config.method.value,
         "bits": config.bits if config.plan is None else "plan",
+        "budget": config.budget if config.mixed else "width",
         "group_size": config.group_size or "channel",
         "act_order": config.act_order,
         "nominal_bits": size["nominal_bits"],
@@ -344,10 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="quantize a model and save it in the packed format")
     p.add_argument("--model", required=True, help="zoo KEY")
-    p.add_argument("--method", default="gptq", help="rtn | gptq")
-    p.add_argument("--bits", type=int, default=4, help="code width, 1..8")
+    p.add_argument("--method", default="gptq", help="rtn | gptq | bayesq | baq")
+    p.add_argument("--bits", type=float, default=4, help="code width 1..8; bayesq/baq: the mean-bits budget")
     p.add_argument("--group-size", type=_positive_int, help="weights per group along the input (default: per channel)")
-    p.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
+    p.add_argument(
+        "--act-order",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GPTQ: columns by decreasing Hessian diagonal (default: off for gptq, on for bayesq/baq)",
+    )
     p.add_argument("--static-groups", action="store_true", help="GPTQ: fix group grids before the updates")
     p.add_argument("--symmetric", action="store_true", help="symmetric grids (default asymmetric min–max)")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H)")
@@ -357,7 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int, default=512, help="calibration window length (tokens)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--quantizer", default="uniform", help="rtn codebook: uniform | quantile | lloyd_max")
-    p.add_argument("--plan", help="PLAN.json from `bayesquant allocate`: one width per module (replaces --bits)")
+    p.add_argument("--plan", help="PLAN.json from `bayesquant allocate` (layer or column plans; replaces --bits)")
+    p.add_argument("--budget", default="nominal", help="bayesq/baq: what --bits counts: nominal | storable")
+    p.add_argument("--grid", help="uniform range: minmax | mse (importance-weighted; default for bayesq)")
+    p.add_argument("--min-bits", type=_positive_int, help="bayesq/baq: smallest width (default 2 / 1)")
+    p.add_argument("--max-bits", type=_positive_int, help="bayesq/baq: largest width (default 8)")
+    p.add_argument("--posterior", help="bayesq: posterior FILE (default: fit a diagonal Laplace posterior)")
+    p.add_argument("--posterior-nsamples", type=_positive_int, help="bayesq: examples for that fit (LLM: 16)")
+    p.add_argument("--allocator", default="knapsack", help="bayesq: knapsack | baq | exact | uniform | …")
+    p.add_argument("--granularity", default="column", help="bayesq: layer | column")
+    p.add_argument("--solver", default="gptq", help="bayesq: gptq (error feedback) | rtn")
+    p.add_argument("--rounds", type=int, default=1, help="baq: self-correction rounds after the reference pass")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--eval", metavar="SPEC", help="evaluate the quantized model on SPEC afterwards")

@@ -11,9 +11,16 @@ CONFIG_VERSION = 1
 QUANTIZER_CHOICES = ("uniform", "quantile", "lloyd_max")
 
 
+GRID_CHOICES = ("minmax", "mse")
+SOLVER_CHOICES = ("gptq", "rtn")
+MIXED_METHODS = ("bayesq", "baq")  # methods whose --bits is a (fractional) budget, not one width
+
+
 class Method(str, Enum):
     RTN = "rtn"
     GPTQ = "gptq"
+    BAYESQ = "bayesq"
+    BAQ = "baq"
 
 
 def _choice(enum: type[Enum], value: object, argument: str) -> Enum:
@@ -34,13 +41,21 @@ class QuantizeConfig:
     the task's default (64 windows, 1024 images, 128 articles). seq_len: calibration window length.
     quantizer: the codebook of RTN — "uniform" (affine grid), "quantile" (paper (c) §3.3) or "lloyd_max".
     plan: a plan JSON (`bayesquant allocate`) giving each module its own width (then `bits` is ignored).
+
+    Mixed-precision methods (bayesq, baq): `bits` is the budget, a mean number of bits per weight (fractional
+    allowed), counted as `budget` says — "nominal" (code bits) or "storable" (codes + grids). grid: the range
+    of each uniform grid, "minmax" (the reference's) or "mse" (minimising the importance-weighted error:
+    BayesQ's precision-weighted distortion). min_bits/max_bits bound the widths. BayesQ: `posterior` a FILE
+    from `bayesquant posterior` (None: a diagonal Laplace posterior is fitted on `posterior_nsamples`
+    calibration examples), `allocator` and `granularity` of the allocation, `solver` "gptq" (error feedback)
+    or "rtn". BAQ: `rounds` of self-correction after the reference pass.
     """
 
     method: Method = Method.GPTQ
     bits: int = 4
     group_size: int | None = None
     symmetric: bool = False
-    act_order: bool = False
+    act_order: bool | None = None  # None: off for rtn/gptq (the reference), on for bayesq/baq
     static_groups: bool = False
     damp: float = 0.01
     block_size: int = 128
@@ -50,12 +65,48 @@ class QuantizeConfig:
     seed: int = 0
     quantizer: str = "uniform"
     plan: str | None = None
+    budget: str = "nominal"
+    grid: str | None = None  # None: minmax, except "mse" for bayesq
+    min_bits: int | None = None
+    max_bits: int | None = None
+    posterior: str | None = None
+    posterior_nsamples: int | None = None
+    allocator: str = "knapsack"
+    granularity: str = "column"
+    solver: str = "gptq"
+    rounds: int = 1
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", _choice(Method, self.method, "--method"))
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise UserError(f"--bits {self.bits!r}: must be an integer from 1 to 8")
+        if self.mixed:
+            if isinstance(self.bits, bool) or not isinstance(self.bits, int | float) or not 1 <= self.bits <= 8:
+                raise UserError(f"--bits {self.bits!r}: the {self.method.value} budget must be a number from 1 to 8")
+        elif isinstance(self.bits, float) and self.bits.is_integer():
+            object.__setattr__(self, "bits", int(self.bits))
+        if not self.mixed and (not isinstance(self.bits, int) or not 1 <= self.bits <= 8):
+            raise UserError(
+                f"--bits {self.bits!r}: must be an integer from 1 to 8 for --method {self.method.value} "
+                "(fractional budgets: --method bayesq or baq)"
+            )
+        if self.act_order is None:
+            object.__setattr__(self, "act_order", self.mixed)
+        if self.grid is None:
+            object.__setattr__(self, "grid", "mse" if self.method == Method.BAYESQ else "minmax")
+        for arg, value, valid in (("--budget", self.budget, ("nominal", "storable")), ("--grid", self.grid,
+                                  GRID_CHOICES), ("--solver", self.solver, SOLVER_CHOICES),
+                                  ("--granularity", self.granularity, ("layer", "column"))):  # fmt: skip
+            if value not in valid:
+                raise UserError(f"{arg} {value!r}: unknown; valid: {', '.join(valid)}")
+        for arg, value in (("--min-bits", self.min_bits), ("--max-bits", self.max_bits)):
+            if value is not None and not 1 <= value <= 8:
+                raise UserError(f"{arg} {value}: must be from 1 to 8")
+        if self.rounds < 0:
+            raise UserError(f"--rounds {self.rounds}: must be ≥ 0")
+        if self.posterior_nsamples is not None and self.posterior_nsamples < 1:
+            raise UserError(f"--posterior-nsamples {self.posterior_nsamples}: must be ≥ 1")
+        if self.plan is not None and self.mixed:
+            raise UserError(f"--plan: --method {self.method.value} makes its own plan; apply plans with rtn or gptq")
         if self.group_size is not None and self.group_size < 1:
             raise UserError(f"--group-size {self.group_size}: must be ≥ 1 (omit it for per-channel grids)")
         if not 0.0 <= self.damp < 1.0:
@@ -70,6 +121,11 @@ class QuantizeConfig:
             raise UserError(f"--quantizer {self.quantizer}: codebook quantizers are applied by --method rtn")
         if self.static_groups and self.group_size is None:
             raise UserError("--static-groups needs --group-size")
+
+    @property
+    def mixed(self) -> bool:
+        """Whether `bits` is a budget shared out by an allocator (bayesq, baq)."""
+        return self.method.value in MIXED_METHODS
 
     def to_dict(self) -> dict:
         d = asdict(self)

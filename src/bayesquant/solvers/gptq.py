@@ -118,3 +118,141 @@ def gptq_quantize(
     segment = QuantizedSegment(bits=bits, codes=codes.to(torch.uint8), group_size=g, scale=scales, zero=zeros)
     qweight = QuantizedWeight(shape=tuple(W.shape), segments=[segment], perm=perm)
     return GPTQResult(qweight, Q, losses)
+
+
+@dataclass(frozen=True)
+class ColumnGroups:
+    """How the columns of a mixed-width layer are ordered, split into width classes and grouped.
+
+    order: (columns,) the processing order (positions → original columns).
+    classes: the widths present, widest first; each is stored as one `QuantizedSegment`.
+    members: per class, the processing positions of its columns in increasing order (= stored order).
+    group_of: (columns,) per processing position, the index of its grid in the flat list `groups`.
+    groups: per grid, (class index, processing positions of its columns).
+    """
+
+    order: torch.Tensor
+    classes: list[int]
+    members: list[torch.Tensor]
+    group_of: torch.Tensor
+    groups: list[tuple[int, torch.Tensor]]
+
+
+def column_groups(widths: torch.Tensor, order: torch.Tensor, group_size: int | None) -> ColumnGroups:
+    """Split the columns (taken in `order`) into width classes, widest first, then into grids of
+    `group_size` consecutive class members (None: one grid per row of each class)."""
+    w = widths[order]  # width of each processing position
+    classes = sorted({int(b) for b in w.tolist()}, reverse=True)
+    members, groups = [], []
+    group_of = torch.empty(len(order), dtype=torch.long)
+    for c, b in enumerate(classes):
+        pos = torch.nonzero(w == b).flatten()
+        members.append(pos)
+        g = group_size or len(pos)
+        for s in range(0, len(pos), g):
+            group_of[pos[s : s + g]] = len(groups)
+            groups.append((c, pos[s : s + g]))
+    return ColumnGroups(order, classes, members, group_of, groups)
+
+
+def gptq_quantize_mixed(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    widths: torch.Tensor,
+    *,
+    group_size: int | None = None,
+    act_order: bool = True,
+    damp: float = 0.01,
+    block_size: int = 128,
+    grid: str = "minmax",
+    importance: torch.Tensor | None = None,
+    symmetric: bool = False,
+) -> GPTQResult:
+    """GPTQ with one width per input column (BAQ, BayesQ), columns of equal width stored together.
+
+    widths: (columns,) integers in 1..8. Columns are processed in act-order (decreasing diag H) or in their
+    natural order; each width class becomes one segment of the stored weight, its columns in processing
+    order, split into grids of `group_size` columns (None: one grid per row of the class). A grid is fitted
+    when the first of its columns is reached, from the current values of all its columns (the updates of
+    every column quantized before included). grid: "minmax" (the reference's range) or "mse" (the range that
+    minimises Σ importance·(w − Q(w))², `importance` (rows, columns) defaulting to diag H per column).
+    With one width, `group_size` equal to `block_size` (or None) and grid="minmax" this is `gptq_quantize`.
+    """
+    W = W.detach().clone().float()
+    H = H.detach().clone().float()
+    rows, columns = W.shape
+    widths = torch.as_tensor(widths, dtype=torch.long).flatten()
+    if widths.shape != (columns,) or int(widths.min()) < 1 or int(widths.max()) > 8:
+        raise ValueError(f"widths: expected ({columns},) integers in 1..8, got {tuple(widths.shape)}")
+    if grid not in ("minmax", "mse"):
+        raise ValueError(f"grid={grid!r}: expected 'minmax' or 'mse'")
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    if importance is None:
+        importance = torch.diag(H)[None, :].expand(rows, columns)
+    order = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else torch.arange(columns)
+    W, H, imp = W[:, order], H[order][:, order], importance.float()[:, order]
+    cg = column_groups(widths, order, group_size)
+    pos_width = widths[order]
+
+    Hinv = inverse_hessian_cholesky(H, damp)
+    WT = W.t().contiguous()  # (columns, rows): see gptq_quantize
+    codesT = torch.zeros_like(WT)
+    QT = torch.zeros_like(WT)
+    lossesT = torch.zeros_like(WT)
+    g_scale = torch.zeros(len(cg.groups), rows)
+    g_zero = torch.zeros(len(cg.groups), rows)
+    first = torch.full((len(cg.groups),), columns, dtype=torch.long)
+    for k, (_, pos) in enumerate(cg.groups):
+        first[k] = pos.min()
+    first_of = torch.zeros(columns, dtype=torch.bool)
+    first_of[first] = True
+
+    for i1 in range(0, columns, block_size):
+        i2 = min(i1 + block_size, columns)
+        W1 = WT[i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            gi = int(cg.group_of[col])
+            bits = int(pos_width[col])
+            if first_of[col]:
+                pos = cg.groups[gi][1]
+                inside = pos < i2  # columns of this block hold their in-block updates in W1
+                cur = torch.where(inside[:, None], W1[(pos - i1).clamp(0, i2 - i1 - 1)], WT[pos])  # (g, rows)
+                if grid == "mse":
+                    p = fit_uniform(cur.t(), bits, symmetric=symmetric, method="mse", norm=2.0, grid=50,
+                                    weights=imp[:, pos])  # fmt: skip
+                else:
+                    p = fit_uniform(cur.t(), bits, symmetric=symmetric, method="minmax")
+                g_scale[gi], g_zero[gi] = p.scale[:, 0], p.zero[:, 0]
+            scale, zero = g_scale[gi], g_zero[gi]
+            w = W1[i]
+            c = torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
+            q = scale * (c - zero)
+            codesT[col] = c
+            QT[col] = q
+            err = (w - q) / Hinv1[i, i]
+            Err1[i] = err
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
+        lossesT[i1:i2] = Err1**2 / 2
+        WT[i2:] -= Hinv[i1:i2, i2:].t() @ Err1
+
+    segments, stored = [], []
+    for c, b in enumerate(cg.classes):
+        pos = cg.members[c]
+        ks = [k for k, (cls, _) in enumerate(cg.groups) if cls == c]
+        g = len(pos) if not group_size else min(group_size, len(pos))
+        segments.append(
+            QuantizedSegment(bits=b, codes=codesT[pos].t().to(torch.uint8), group_size=g,
+                             scale=g_scale[ks].t().contiguous(), zero=g_zero[ks].t().contiguous())
+        )  # fmt: skip
+        stored.append(order[pos])
+    perm = torch.cat(stored)
+    if torch.equal(perm, torch.arange(columns)):
+        perm = None
+    inv = torch.argsort(order)
+    qweight = QuantizedWeight(shape=tuple(W.shape), segments=segments, perm=perm)
+    return GPTQResult(qweight, QT.t()[:, inv], lossesT.t()[:, inv])

@@ -1,11 +1,14 @@
-"""RTN and GPTQ baselines on a zoo model, each configuration in its own process (so peak RSS is its own):
-quantize, save, evaluate; prints a markdown table and writes JSON.
+"""Post-training quantization methods side by side on a zoo model, each configuration in its own process (so
+peak RSS is its own): quantize, save, evaluate; prints a markdown table, writes JSON and a plot of quality
+against storable bits (`bayesquant bench ptq` runs this script).
 
-    .venv/bin/python bench/ptq_baselines.py --model smollm2-135m --configs rtn:4:64 gptq:4:64 gptq:3:64:act
-    .venv/bin/python bench/ptq_baselines.py --model digit-cnn --configs rtn:4:0 gptq:4:0 rtn:3:0 gptq:3:0
+    .venv/bin/python bench/ptq.py --model smollm2-135m --configs rtn:4:64 gptq:4:64 gptq:3:64:act
+    .venv/bin/python bench/ptq.py --model digit-cnn --configs gptq:3:0:act baq:3:0:storable bayesq:3:0:storable
 
-A config is METHOD:BITS:GROUP[:act] with GROUP 0 meaning per output channel, or `fp32` for the unquantized
-model. Peak RSS is that of quantizing and saving (the evaluation's own peak is in the JSON).
+A config is METHOD:BITS:GROUP[:FLAG...] with GROUP 0 meaning per output channel, or `fp32` for the
+unquantized model. Flags: `act` (--act-order), `noact` (--no-act-order), `storable` (BITS is a storable
+budget: bayesq, baq), `mse` (--grid mse), `NAME=VALUE` (passed as --NAME VALUE, e.g. rounds=2). Peak RSS is
+that of quantizing and saving (the evaluation's own peak is in the JSON).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def run_config(model: str, config: str, data: str, work: Path, extra: list[str])
     js = work / f"{config.replace(':', '_')}.json"
     if config == "fp32":  # the unquantized reference row
         cmd = [*CLI, "eval", "--model", model, "--data", data, "--json", str(js)]
+        cmd += [a for i, a in enumerate(extra) if "--max-windows" in extra[max(i - 1, 0) : i + 1]]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         r = json.loads(js.read_text())
@@ -37,8 +41,13 @@ def run_config(model: str, config: str, data: str, work: Path, extra: list[str])
     cmd += ["--eval", data, "--json", str(js), "--overwrite", *extra]
     if group != "0":
         cmd += ["--group-size", group]
-    if "act" in flags:
-        cmd.append("--act-order")
+    for flag in flags:
+        if "=" in flag:
+            name, value = flag.split("=", 1)
+            cmd += [f"--{name.replace('_', '-')}", value]
+        else:
+            cmd += {"act": ["--act-order"], "noact": ["--no-act-order"], "storable": ["--budget", "storable"],
+                    "mse": ["--grid", "mse"]}[flag]  # fmt: skip
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads(js.read_text())
@@ -50,10 +59,12 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", required=True)
     parser.add_argument("--data", help="evaluation SPEC (default: the model's test split)")
     parser.add_argument("--nsamples", help="calibration samples (default: the model's default)")
-    parser.add_argument("--out", help="JSON output (default bench/out/ptq-MODEL.json)")
+    parser.add_argument("--max-windows", help="language models: evaluate the first N windows only")
+    parser.add_argument("--out", help="JSON output (default bench/out/ptq-MODEL.json; the plot next to it)")
     args = parser.parse_args()
     data = args.data or DEFAULT_DATA.get(args.model, "mnist:test")
     extra = ["--nsamples", args.nsamples] if args.nsamples else []
+    extra += ["--max-windows", args.max_windows] if args.max_windows else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
@@ -73,6 +84,38 @@ def main() -> None:
     path = Path(args.out or f"bench/out/ptq-{args.model}.json")
     with atomic_file(path, "w") as fh:
         json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)
+    plot(rows, metric, f"{args.model} on {data}", path.with_suffix(".png"))
+
+
+def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:
+    """Quality against storable bits, one marker series per method (fp32 as a horizontal line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    scale = 1.0 if metric == "perplexity" else 100.0
+    by_method: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["label"] == "fp32":
+            ax.axhline(scale * r[metric], color="gray", ls="--", lw=1, label="fp32")
+        else:
+            by_method.setdefault(r["label"].split(":")[0], []).append(r)
+    for method, rs in by_method.items():
+        rs = sorted(rs, key=lambda r: r["storable_bits"])
+        ax.plot([r["storable_bits"] for r in rs], [scale * r[metric] for r in rs], "o-", label=method)
+    if metric == "perplexity":
+        ax.set_yscale("log")
+    ax.set_xlabel("storable bits per weight")
+    ax.set_ylabel(metric if metric == "perplexity" else "accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

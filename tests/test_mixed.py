@@ -1,0 +1,132 @@
+"""Mixed-width GPTQ (one width per input column), BAQ's equal-loss allocation, and the bayesq/baq methods."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bayesquant.allocation.table import Budget
+from bayesquant.solvers.gptq import column_groups, gptq_quantize, gptq_quantize_mixed
+from bayesquant.solvers.mixed import baq_quantize, equal_loss_widths
+
+
+def _problem(rows=32, columns=96, n=1024, seed=0, spread=1.0):
+    """A layer whose input features differ in scale (as LLM activations do), so columns differ in importance."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.exp(spread * torch.randn(columns, generator=g))
+    X = (torch.randn(n, columns, generator=g) @ (torch.eye(columns) + 0.1 * torch.randn(columns, columns, generator=g)))
+    X = X * scale
+    W = torch.randn(rows, columns, generator=g)
+    return W, X, 2 * X.T @ X / n
+
+
+def _output_error(W, Q, X):
+    return float(((X @ (W - Q).T) ** 2).mean())
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("group_size", [None, 32])
+def test_one_width_reproduces_gptq(act_order, group_size):
+    W, _, H = _problem()
+    ref = gptq_quantize(W, H, 3, group_size=group_size, act_order=act_order, block_size=32)
+    mixed = gptq_quantize_mixed(W, H, torch.full((96,), 3), group_size=group_size, act_order=act_order, block_size=32)
+    torch.testing.assert_close(mixed.dequantized, ref.dequantized, rtol=0, atol=0)
+    torch.testing.assert_close(mixed.qweight.dequantize(), ref.qweight.dequantize(), rtol=0, atol=0)
+
+
+def test_mixed_widths_pack_widest_first_and_dequantize_to_the_solution():
+    W, _, H = _problem()
+    widths = torch.tensor([2, 3, 4, 8] * 24)
+    res = gptq_quantize_mixed(W, H, widths, group_size=16)
+    qw = res.qweight
+    assert [s.bits for s in qw.segments] == [8, 4, 3, 2]
+    assert [s.n_cols for s in qw.segments] == [24, 24, 24, 24]
+    assert qw.nominal_bits == pytest.approx(widths.float().mean().item())
+    torch.testing.assert_close(qw.dequantize(), res.dequantized, rtol=0, atol=1e-6)
+    stored_width = torch.cat([torch.full((s.n_cols,), s.bits) for s in qw.segments])
+    assert torch.equal(stored_width[torch.argsort(qw.perm)], widths)  # every column kept its own width
+    # without error feedback (H = I) columns at 8 bits are nearly exact; those at 2 bits are not
+    err = (gptq_quantize_mixed(W, torch.eye(96), widths, group_size=16).dequantized - W).abs().mean(0)
+    assert err[widths == 8].mean() < 0.05 * err[widths == 2].mean()
+
+
+def test_column_groups_split_classes_into_grids_of_consecutive_members():
+    widths = torch.tensor([3, 2, 3, 3, 2, 3])
+    cg = column_groups(widths, torch.tensor([5, 4, 3, 2, 1, 0]), group_size=2)
+    assert cg.classes == [3, 2]
+    assert [p.tolist() for _, p in cg.groups] == [[0, 2], [3, 5], [1, 4]]  # positions in processing order
+    assert cg.order[cg.members[0]].tolist() == [5, 3, 2, 0]
+
+
+def test_mse_grid_lowers_the_weighted_error():
+    W, X, H = _problem()
+    widths = torch.full((96,), 3)
+    minmax = gptq_quantize_mixed(W, H, widths, group_size=32, grid="minmax")
+    mse = gptq_quantize_mixed(W, H, widths, group_size=32, grid="mse")
+    assert _output_error(W, mse.dequantized, X) < _output_error(W, minmax.dequantized, X)
+
+
+def test_equal_loss_allocation_gives_a_bit_per_factor_four_of_loss():
+    # θ = 2: a column with 4× the loss of another gets one more bit (equal loss per weight afterwards)
+    loss = torch.tensor([1.0, 4.0, 16.0, 64.0] * 8)
+    widths = equal_loss_widths(loss, torch.full((32,), 3), rows=10, budget=Budget(3.5), candidates=(1, 2, 3, 4, 5, 6))
+    assert widths.double().mean() == pytest.approx(3.5)
+    assert widths[:4].tolist() == [2, 3, 4, 5]
+    assert torch.equal(widths.view(8, 4), widths[:4].expand(8, 4))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_baq_beats_uniform_gptq_at_the_same_mean_width(bits):
+    W, X, H = _problem(spread=1.0)
+    uniform = gptq_quantize(W, H, bits, group_size=32, act_order=True)
+    res, widths, trace = baq_quantize(W, H, Budget(bits), group_size=32, rounds=2)
+    assert widths.double().mean() == pytest.approx(bits)  # the budget, met exactly
+    assert len(set(widths.tolist())) > 1
+    assert trace.kept >= 1 and len(trace.loss) == 3
+    assert _output_error(W, res.dequantized, X) < 0.7 * _output_error(W, uniform.dequantized, X)
+
+
+def test_baq_storable_budget_counts_the_grids():
+    W, _, H = _problem()
+    _, widths, _ = baq_quantize(W, H, Budget(3.5, "storable"), group_size=32)
+    # a float16 scale and zero per 32 weights: 1 bit per weight of overhead
+    assert widths.double().mean() == pytest.approx(2.5, abs=0.02)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["baq", "bayesq"])
+def test_mixed_methods_on_digit_cnn_save_load_and_keep_accuracy(method, tmp_path):
+    from bayesquant.api import quantize
+    from bayesquant.config import QuantizeConfig
+    from bayesquant.eval import evaluate
+    from bayesquant.io import load_quantized, size_report
+
+    cfg = QuantizeConfig(method=method, bits=3.0, nsamples=128, posterior_nsamples=128)
+    result = quantize("digit-cnn", cfg)
+    out = result.save(tmp_path / method)
+    size = size_report(out)
+    assert size["nominal_bits"] == pytest.approx(3.0, abs=0.02)
+    meta = json.loads((out / "config.json").read_text())
+    widths = [w for spec in meta["plan"].values() for w in spec.get("column_bits", [])]
+    assert len(set(widths)) > 1  # mixed precision happened
+    loaded = load_quantized(out)
+    acc = evaluate(loaded, "mnist:test", max_examples=500)["accuracy"]
+    assert acc > 0.97
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded.module(x), result.model.module(x))
+
+
+def test_mixed_method_config_errors():
+    from bayesquant.config import QuantizeConfig
+    from bayesquant.errors import UserError
+
+    with pytest.raises(UserError, match=r"--bits 3.5: must be an integer .* bayesq or baq"):
+        QuantizeConfig(method="gptq", bits=3.5)
+    with pytest.raises(UserError, match="--budget 'bytes'"):
+        QuantizeConfig(method="baq", bits=3.5, budget="bytes")
+    with pytest.raises(UserError, match="--grid"):
+        QuantizeConfig(method="bayesq", bits=3, grid="percentile")
+    assert QuantizeConfig(method="bayesq", bits=3.25).act_order is True
+    assert QuantizeConfig(method="gptq", bits=3.0).bits == 3
