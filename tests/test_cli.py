@@ -99,3 +99,19 @@ def test_models_list(capsys):
     assert code == 0
     assert out.splitlines()[0].split() == ["key", "task", "parameters", "source", "licence", "cached"]
     assert sum(1 for line in out.splitlines() if line.startswith(("lenet5-mnist", "digit-cnn"))) == 2
+
+
+def test_bench_runs_a_bench_script_and_names_the_valid_ones(capsys):
+    code, _, err = run(capsys, "bench", "no-such-bench")
+    assert_one_line_error(code, err, "no-such-bench", "valid:", "ptq")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bayesquant.cli", "bench", "ptq", "--help"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert "--configs" in out and "--max-windows" in out
+
+
+def test_fractional_bits_need_a_mixed_method(capsys):
+    code, _, err = run(capsys, "quantize", "--model", "digit-cnn", "--bits", "3.5", "--out", "/nonexistent/x")
+    assert_one_line_error(code, err, "--bits 3.5", "bayesq or baq")

@@ -163,9 +163,7 @@ def _baq(cfg: QuantizeConfig, _loaded: LoadedModel, log: SolveLog) -> Solver:
 def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
     """BayesQ: posterior → closed-form posterior-expected cost table → allocation of the whole model's budget
     (knapsack by default) → precision-weighted grids → rounding with GPTQ error feedback (or RTN)."""
-    from bayesquant.allocation.allocators import allocate
     from bayesquant.allocation.costs import posterior_cost_table
-    from bayesquant.allocation.table import Budget
     from bayesquant.posterior.base import Posterior
 
     t = time.perf_counter()
@@ -181,11 +179,11 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
     posterior_seconds = time.perf_counter() - t
     table = posterior_cost_table(post, granularity=cfg.granularity, metric="expected_mse", quantizer="uniform",
                                  group_size=cfg.group_size, bits=_candidates(cfg))  # fmt: skip
-    alloc = allocate(table, Budget(float(cfg.bits), cfg.budget), cfg.allocator, min_bits=cfg.min_bits,
-                     max_bits=cfg.max_bits)  # fmt: skip
+    alloc = _allocate_exactly(table, post, cfg)
     per_module = alloc.per_module()
+    storable = alloc.extra.get("storable_bits_exact", alloc.storable_bits)
     log.plan_meta = {"allocator": cfg.allocator, "budget": {"bits": float(cfg.bits), "kind": cfg.budget},
-                     "nominal_bits": alloc.nominal_bits, "storable_bits_estimate": alloc.storable_bits,
+                     "nominal_bits": alloc.nominal_bits, "storable_bits_estimate": storable,
                      "objective": alloc.objective, "metric": "expected_mse", "posterior": post.meta,
                      "posterior_seconds": posterior_seconds,
                      "allocation_seconds": time.perf_counter() - t - posterior_seconds}  # fmt: skip
@@ -198,6 +196,34 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         return post.precision(name).float().reshape(shape)
 
     return _gptq_columns(cfg, widths_for, importance_for, log)
+
+
+def _allocate_exactly(table, post, cfg: QuantizeConfig):
+    """The allocation of `cfg.bits` over `table`; a storable budget is met as the saved model counts it (partial
+    grids of each width class and the column permutation included, `mixed_stored_bits`): the table's estimate
+    misses those, so the budget handed to the allocator is lowered by the excess until the model fits."""
+    from bayesquant.allocation.allocators import allocate
+    from bayesquant.allocation.table import Budget
+    from bayesquant.solvers.mixed import mixed_stored_bits
+
+    target = float(cfg.bits)
+    n = sum(post.mean[name].numel() for name in post.names)
+    for _ in range(5):
+        alloc = allocate(table, Budget(target, cfg.budget), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
+        if cfg.budget == "nominal":
+            return alloc
+        stored = 0.0
+        for name, widths in alloc.per_module().items():
+            rows = post.mean[name].shape[0]
+            cols = post.mean[name].numel() // rows
+            w = torch.tensor(widths if len(widths) == cols else widths * cols)
+            stored += mixed_stored_bits(w, rows, cfg.group_size)
+        excess = stored / n - float(cfg.bits)
+        alloc.extra["storable_bits_exact"] = stored / n
+        if excess <= 0.002:
+            break
+        target -= excess
+    return alloc
 
 
 def _candidates(cfg: QuantizeConfig) -> tuple[int, ...]:

@@ -428,7 +428,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="bits-per-layer bar chart (PNG)")
     p.add_argument("--json", help="write the summary as JSON")
     p.set_defaults(func=cmd_allocate)
+
+    p = sub.add_parser("bench", help="run a benchmark script of bench/ (e.g. `bayesquant bench ptq --help`)")
+    p.add_argument("name", help="benchmark: the name of a bench/NAME.py script (ptq, allocation_lenet, …)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="its arguments")
+    p.set_defaults(func=cmd_bench)
     return parser
+
+
+def bench_dir() -> Path:
+    """bench/ of the source checkout this package runs from (benchmarks are not installed with the package)."""
+    return Path(__file__).resolve().parents[2] / "bench"
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import subprocess
+
+    folder = bench_dir()
+    script = folder / f"{args.name}.py"
+    if not script.is_file():
+        names = sorted(p.stem for p in folder.glob("*.py")) if folder.is_dir() else []
+        where = f"valid: {', '.join(names)}" if names else f"no bench/ folder at {folder} (run from a source checkout)"
+        raise UserError(f"bench {args.name!r}: no such benchmark; {where}")
+    code = subprocess.call([sys.executable, str(script), *args.rest])
+    if code:
+        raise UserError(f"bench {args.name}: the benchmark exited with status {code}")
 
 
 def main(argv: list[str] | None = None, run: Callable[[argparse.Namespace], None] | None = None) -> int:

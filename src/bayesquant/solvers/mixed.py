@@ -35,10 +35,17 @@ class BAQTrace:
     kept: int = -1
 
 
-def column_overhead(rows: int, columns: int, group_size: int | None) -> float:
-    """Stored grid bits per column (the scales and zeros of a row's grid spread over its columns)."""
-    g = group_size or columns
-    return rows * GRID_BITS / g
+def mixed_stored_bits(widths: torch.Tensor, rows: int, group_size: int | None) -> float:
+    """Stored bits of a layer quantized by `gptq_quantize_mixed` with these per-column widths: codes, a float16
+    scale and zero per (row, grid) — each width class split into ⌈n_c/g⌉ grids, a partial one included — and
+    the int16/int32 column permutation (act-order always stores one)."""
+    from bayesquant.nn.layers import perm_dtype
+
+    columns = len(widths)
+    counts = torch.bincount(widths.long(), minlength=9)
+    grids = sum(math.ceil(int(n) / (group_size or int(n))) for n in counts if n)
+    perm_bits = torch.iinfo(perm_dtype(columns)).bits * columns
+    return rows * float(widths.sum()) + rows * grids * GRID_BITS + perm_bits
 
 
 def equal_loss_widths(
@@ -64,6 +71,25 @@ def equal_loss_widths(
     return alloc.bits
 
 
+def storable_widths(
+    loss: torch.Tensor, widths: torch.Tensor, rows: int, budget: Budget, group_size: int | None, **kw
+) -> torch.Tensor:
+    """`equal_loss_widths` under a budget counted exactly as `mixed_stored_bits` counts it: for a storable
+    budget the nominal target is lowered by the grid and permutation bits of the previous try until the layer
+    fits (a few tries: the partial grids depend on how many columns each width gets)."""
+    if budget.kind == BudgetKind.NOMINAL:
+        return equal_loss_widths(loss, widths, rows, budget, **kw)
+    n = rows * len(loss)
+    target = budget.bits - GRID_BITS / (group_size or len(loss))
+    for _ in range(6):
+        out = equal_loss_widths(loss, widths, rows, Budget(max(target, 1.0)), **kw)
+        excess = mixed_stored_bits(out, rows, group_size) / n - budget.bits
+        if excess <= 1e-9:
+            break
+        target -= excess
+    return out
+
+
 def baq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -79,8 +105,7 @@ def baq_quantize(
 ) -> tuple[GPTQResult, torch.Tensor, BAQTrace]:
     """BAQ on one layer: (the kept GPTQ result, its per-column widths, the trace of the rounds)."""
     rows, columns = W.shape
-    overhead = column_overhead(rows, columns, group_size) if budget.kind == BudgetKind.STORABLE else 0.0
-    nominal = budget.bits - overhead / rows
+    nominal = budget.bits if budget.kind == BudgetKind.NOMINAL else budget.bits - GRID_BITS / (group_size or columns)
     ref = min(max(round(nominal), candidates[0]), candidates[-1])
     widths = torch.full((columns,), ref, dtype=torch.long)
     trace = BAQTrace()
@@ -89,18 +114,19 @@ def baq_quantize(
     for r in range(max(rounds, 1) + 1):
         if r:
             ref_loss = torch.pow(2.0, log_ref / r)  # the geometric mean of the estimates of L_j(b₀)
-            widths = equal_loss_widths(
-                ref_loss, torch.full_like(widths, ref), rows, budget, candidates=candidates, overhead=overhead,
-                theta=theta, min_bits=min_bits, max_bits=max_bits,
+            widths = storable_widths(
+                ref_loss, torch.full_like(widths, ref), rows, budget, group_size, candidates=candidates, theta=theta,
+                min_bits=min_bits, max_bits=max_bits,
             )  # fmt: skip
         result = gptq_quantize_mixed(W, H, widths, group_size=group_size, **gptq_options)
         col = result.losses.sum(0).double().clamp_min(1e-30)
         log_ref += torch.log2(col) + theta * (widths.double() - ref)
         loss = float(result.losses.sum())
         mean = float(widths.double().mean())
+        spent = mean if budget.kind == BudgetKind.NOMINAL else mixed_stored_bits(widths, rows, group_size) / W.numel()
         trace.bits.append(mean)
         trace.loss.append(loss)
-        meets = mean <= nominal + 1e-6 or math.isclose(mean, nominal, abs_tol=0.01)
+        meets = spent <= budget.bits + 0.01
         if meets and (best is None or loss < best[0]):
             best = (loss, result, widths)
             trace.kept = r
