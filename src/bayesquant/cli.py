@@ -429,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the summary as JSON")
     p.set_defaults(func=cmd_allocate)
 
+    from bayesquant.cli_qbnn import add_qbnn_parser
+
+    add_qbnn_parser(sub)
+
     p = sub.add_parser("bench", help="run a benchmark script of bench/ (e.g. `bayesquant bench ptq --help`)")
     p.add_argument("name", help="benchmark: the name of a bench/NAME.py script (ptq, allocation_lenet, …)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="its arguments")

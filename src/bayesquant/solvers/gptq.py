@@ -251,6 +251,10 @@ def gptq_quantize_mixed(
         )  # fmt: skip
         stored.append(order[pos])
     perm = torch.cat(stored)
+    if len(segments) == 1 and segments[0].n_groups == 1:  # one grid per row: column order is free, store it plain
+        seg = segments[0]
+        segments = [QuantizedSegment(seg.bits, seg.codes[:, torch.argsort(perm)], seg.group_size, seg.scale, seg.zero)]
+        perm = torch.arange(columns)
     if torch.equal(perm, torch.arange(columns)):
         perm = None
     inv = torch.argsort(order)
