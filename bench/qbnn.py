@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--prior-std", type=float, default=TrainConfig.prior_std)
     parser.add_argument("--granularity", default="channel", help="channel | tensor")
     parser.add_argument("--ablation-bits", type=int, default=4, help="bit-width of the ablation rows")
+    parser.add_argument("--paper-grid-bits", default="4,3,2",
+                        help="JQ with the paper's fixed [−1, 1] grids at these widths ('' to skip)")  # fmt: skip
     parser.add_argument("--no-ablations", action="store_true", help="skip the PTQ baseline and the ablations")
     parser.add_argument("--ambiguous", help="directory of the original Ambiguous-MNIST files (default: generated)")
     parser.add_argument("--max-per-source", type=int, help="first N images of each source (smoke runs)")
@@ -145,6 +147,11 @@ def main() -> None:
             for quant in (QuantConfig("float"), jq):
                 add(run_config(relu_cfg, quant, tc, train, test, pretrained=relu_net,
                                plot=plot(f"{quant.slug()}-relu"), progress=args.progress), "ablation")  # fmt: skip
+        for b in _ints(args.paper_grid_bits):  # the paper's quantizer: one grid of 2^b levels over [−1, 1]
+            paper = dataclasses.replace(base, mode="jq", mu_bits=b, sigma_bits=b, sample_bits=b, fixed_range=True)
+            row = run_config(net_cfg, paper, tc, train, test, pretrained=net, plot=plot(f"{paper.slug()}-fixed"),
+                             progress=args.progress)  # fmt: skip
+            add(row | {"config": f"{paper.label()} fixed [−1, 1]"}, "paper grid")
 
     total = time.perf_counter() - start
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

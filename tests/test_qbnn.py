@@ -77,6 +77,15 @@ def test_vpq_mu_and_sigma_take_at_most_2b_values(bits, granularity):
         assert mu_hat.unique().numel() > 2**bits  # one grid per row: the rows' levels differ
 
 
+def test_fixed_range_grid_is_the_papers_levels_over_minus_c_to_c():
+    layer = _model(QuantConfig("vpq", mu_bits=2, sigma_bits=4, fixed_range=True, weight_clip=1.0)).net[2]
+    mu_hat = layer.posterior()[0].detach()
+    levels = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])
+    distance = (mu_hat.unique()[:, None] - levels[None, :]).abs().min(1).values
+    assert (distance < 1e-6).all()  # no zero level at 2 bits: small weights become ±1/3
+    assert (mu_hat.abs() > 0.3).all()
+
+
 def test_log_sigma_relative_error_bound_and_uniform_contrast():
     sigma = 10 ** (-4 + 3 * torch.rand(50, 40, dtype=torch.float64))  # 1e-4 .. 1e-1
     for bits in (2, 4, 6):
@@ -200,8 +209,9 @@ def test_scatter_plot_png(tmp_path):
         (QuantConfig("vpq", 3, 5, sigma_quantizer="uniform"), MLP),
         (QuantConfig("spq", sample_bits=4), MLP),
         (QuantConfig("jq", 2, 3, 4, granularity="tensor", symmetric=True), LENET),
+        (QuantConfig("jq", 3, 4, 3, fixed_range=True), MLP),
     ],
-    ids=["jq", "vpq-uniform-sigma", "spq", "lenet-jq-tensor"],
+    ids=["jq", "vpq-uniform-sigma", "spq", "lenet-jq-tensor", "jq-fixed-range"],
 )
 def test_packed_save_load_gives_identical_predictions(tmp_path, quant, cfg):
     model = _model(quant, cfg)

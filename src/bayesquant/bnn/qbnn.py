@@ -61,7 +61,7 @@ from bayesquant.models.nets import MNIST_STATS, Normalize
 from bayesquant.paths import atomic_file
 from bayesquant.quantizers import fit_log, fit_uniform, ste
 from bayesquant.quantizers.log import dequantize_log, quantize_log
-from bayesquant.quantizers.uniform import dequantize_uniform, quantize_uniform
+from bayesquant.quantizers.uniform import UniformParams, dequantize_uniform, quantize_uniform
 
 __all__ = [
     "QBNN",
@@ -150,7 +150,10 @@ class QuantConfig:
     mode: float | vpq | spq | jq. mu_bits: B1 (uniform on μ). sigma_bits: B2 (σ). sample_bits: A (uniform on
     each sampled weight). sigma_quantizer: log | uniform. granularity: channel (a grid per output row) | tensor.
     symmetric: the uniform grids span ±max|x| (GPTQ's mid-tread grid) instead of min–max. weight_clip: clip μ
-    and the sampled weights to [−c, c] before quantizing (None: no clipping).
+    and the sampled weights to [−c, c] before quantizing (None: no clipping). fixed_range: the grids of μ and of
+    the sampled weights are one fixed grid per tensor, 2ᵇ levels evenly spaced over [−c, c] (c = weight_clip,
+    1 without clipping) — the paper's quantizer, which collapses at 2 bits; the default adapts each grid to
+    its row's min–max.
     """
 
     mode: QuantMode | str = QuantMode.JQ
@@ -161,6 +164,7 @@ class QuantConfig:
     granularity: Granularity | str = Granularity.CHANNEL
     symmetric: bool = False
     weight_clip: float | None = 1.0
+    fixed_range: bool = False
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -248,11 +252,27 @@ def _rows(w: Tensor, granularity: Granularity) -> Tensor:
     return w.reshape(w.shape[0] if granularity == Granularity.CHANNEL else 1, -1)
 
 
+def uniform_grid(w2: Tensor, bits: int, symmetric: bool, fixed: float | None = None) -> UniformParams:
+    """The grid of each row of w2: min–max (or ±max|w|), or with `fixed` = c the 2ᵇ levels evenly spaced over
+    [−c, c] (mid-rise: scale 2c/(2ᵇ − 1), zero (2ᵇ − 1)/2), the same for every row."""
+    if fixed is None:
+        return fit_uniform(w2, bits, symmetric=symmetric)
+    maxq = 2**bits - 1
+    rows = w2.shape[0]
+    return UniformParams(w2.new_full((rows, 1), 2 * fixed / maxq), w2.new_full((rows, 1), maxq / 2), bits, True)
+
+
+def _fixed(q: QuantConfig) -> float | None:
+    return (q.weight_clip or 1.0) if q.fixed_range else None
+
+
 @torch.no_grad()
-def fake_quant_uniform(w: Tensor, bits: int, granularity: Granularity, symmetric: bool) -> Tensor:
-    """Q(w) on a min–max (or ±max|w|) uniform grid per row or tensor, in w's shape and dtype."""
-    w2 = _rows(w.detach(), granularity)
-    p = fit_uniform(w2, bits, symmetric=symmetric)
+def fake_quant_uniform(
+    w: Tensor, bits: int, granularity: Granularity, symmetric: bool, fixed: float | None = None
+) -> Tensor:
+    """Q(w) on a min–max (or ±max|w|, or fixed [−c, c]) uniform grid per row or tensor, in w's shape and dtype."""
+    w2 = _rows(w.detach(), Granularity.TENSOR if fixed is not None else granularity)
+    p = uniform_grid(w2, bits, symmetric, fixed)
     return dequantize_uniform(quantize_uniform(w2, p), p).to(w.dtype).reshape(w.shape)
 
 
@@ -303,13 +323,13 @@ class QBayesLayer(BayesLayer):
         mu, sigma = self._clip(self.mu), self.sigma
         if self.quant.mode.vpq:
             q = self.quant
-            mu = ste(mu, fake_quant_uniform(mu, q.mu_bits, q.granularity, q.symmetric))
+            mu = ste(mu, fake_quant_uniform(mu, q.mu_bits, q.granularity, q.symmetric, _fixed(q)))
             sigma = ste(sigma, _quant_sigma(sigma, q))
         return mu, sigma
 
     def _quant_sample(self, w: Tensor) -> Tensor:
         q = self.quant
-        return ste(w, fake_quant_uniform(w, q.sample_bits, q.granularity, q.symmetric))
+        return ste(w, fake_quant_uniform(w, q.sample_bits, q.granularity, q.symmetric, _fixed(q)))
 
     def forward(self, x: Tensor) -> Tensor:
         mu, sigma = self.posterior()

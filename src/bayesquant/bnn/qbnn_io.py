@@ -27,11 +27,22 @@ from safetensors.torch import load_file, save, save_file
 from torch import Tensor
 
 from bayesquant.bnn.layers import inverse_softplus
-from bayesquant.bnn.qbnn import QBNN, NetConfig, QBayesLayer, QuantConfig, SigmaQuantizer, _rows, build_net
+from bayesquant.bnn.qbnn import (
+    QBNN,
+    Granularity,
+    NetConfig,
+    QBayesLayer,
+    QuantConfig,
+    SigmaQuantizer,
+    _fixed,
+    _rows,
+    build_net,
+    uniform_grid,
+)
 from bayesquant.errors import UserError
 from bayesquant.nn.packing import pack_bits, unpack_bits
 from bayesquant.paths import atomic_dir
-from bayesquant.quantizers import fit_log, fit_uniform
+from bayesquant.quantizers import fit_log
 from bayesquant.quantizers.log import quantize_log
 from bayesquant.quantizers.uniform import quantize_uniform
 
@@ -43,8 +54,8 @@ WEIGHTS = "qbnn.safetensors"
 CONFIG = "config.json"
 
 
-def _uniform_codes(w2: Tensor, bits: int, symmetric: bool) -> dict[str, Tensor]:
-    p = fit_uniform(w2.float(), bits, symmetric=symmetric)
+def _uniform_codes(w2: Tensor, bits: int, symmetric: bool, fixed: float | None = None) -> dict[str, Tensor]:
+    p = uniform_grid(w2.float(), bits, symmetric, fixed)
     return {"codes": quantize_uniform(w2.float(), p), "scale": p.scale.half(), "zero": p.zero.half()}
 
 
@@ -60,8 +71,9 @@ def encode_layer(layer: QBayesLayer) -> tuple[dict[str, Tensor], dict[str, Any]]
     spec: dict[str, Any] = {"shape": list(mu.shape), "granularity": q.granularity.value}
     out: dict[str, Tensor] = {}
     if q.mode.vpq:
-        rows = _rows(mu, q.granularity).shape[0]
-        u = _uniform_codes(_rows(mu, q.granularity), q.mu_bits, q.symmetric)
+        mu_rows = _rows(mu, Granularity.TENSOR if q.fixed_range else q.granularity)
+        rows = mu_rows.shape[0]
+        u = _uniform_codes(mu_rows, q.mu_bits, q.symmetric, _fixed(q))
         out |= {"mu.codes": pack_bits(u["codes"], q.mu_bits), "mu.scale": u["scale"], "mu.zero": u["zero"]}
         s2 = _rows(sigma, q.granularity)
         if q.sigma_quantizer == SigmaQuantizer.LOG:
@@ -74,7 +86,7 @@ def encode_layer(layer: QBayesLayer) -> tuple[dict[str, Tensor], dict[str, Any]]
             out |= {"sigma.scale": u["scale"], "sigma.zero": u["zero"]}
         out["sigma.codes"] = pack_bits(codes, q.sigma_bits)
         spec |= {"mu": "uniform", "mu_bits": q.mu_bits, "sigma": q.sigma_quantizer.value, "sigma_bits": q.sigma_bits,
-                 "rows": rows}  # fmt: skip
+                 "rows": rows, "sigma_rows": s2.shape[0]}  # fmt: skip
     else:
         out |= {"mu": mu.contiguous(), "sigma": sigma.contiguous()}
         spec |= {"mu": "float", "sigma": "float"}
@@ -91,7 +103,8 @@ def decode_layer(t: dict[str, Tensor], spec: dict[str, Any]) -> tuple[Tensor, Te
     n, rows = math.prod(shape), spec["rows"]
     mu_codes = unpack_bits(t["mu.codes"], spec["mu_bits"], n).view(rows, -1)
     mu = t["mu.scale"].float() * (mu_codes.float() - t["mu.zero"].float())
-    s_codes = unpack_bits(t["sigma.codes"], spec["sigma_bits"], n).view(rows, -1).float()
+    s_rows = spec.get("sigma_rows", rows)
+    s_codes = unpack_bits(t["sigma.codes"], spec["sigma_bits"], n).view(s_rows, -1).float()
     if spec["sigma"] == "log":
         sigma = torch.exp(t["sigma.log_min"].float() + t["sigma.log_step"].float() * s_codes)
     else:
