@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,8 @@ CLI = [sys.executable, "-m", "bayesquant.cli"]  # the bayesquant command of this
 
 
 def run_config(model: str, config: str, data: str, work: Path, extra: list[str]) -> dict:
-    js = work / f"{config.replace(':', '_')}.json"
+    slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", config.replace(":", "_"))  # a file name, whatever the flags hold
+    js = work / f"{slug}.json"
     if config == "fp32":  # the unquantized reference row
         cmd = [*CLI, "eval", "--model", model, "--data", data, "--json", str(js)]
         cmd += [a for i, a in enumerate(extra) if "--max-windows" in extra[max(i - 1, 0) : i + 1]]
@@ -36,7 +38,7 @@ def run_config(model: str, config: str, data: str, work: Path, extra: list[str])
         r = json.loads(js.read_text())
         return r | {"nominal_bits": 32.0, "storable_bits": 32.0, "quantize_seconds": 0.0, "eval_seconds": r["seconds"]}
     method, bits, group, *flags = config.split(":")
-    out = work / config.replace(":", "_")
+    out = work / slug
     cmd = [*CLI, "quantize", "--model", model, "--method", method, "--bits", bits, "--out", str(out)]
     cmd += ["--eval", data, "--json", str(js), "--overwrite", *extra]
     if group != "0":
