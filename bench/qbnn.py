@@ -54,9 +54,10 @@ def _summary_plot(rows: list[dict], path: Path) -> None:
                 means.append(sum(vals) / len(vals))
             ax.plot(bits, means, "o-", color=colour, label=mode.upper())
     for ax, m in zip(axes, metrics, strict=True):
-        floats = [r[m] for r in rows if r.get("study") == "sweep" and r["mode"] == "float"]
-        if floats:
-            ax.axhline(sum(floats) / len(floats), color="gray", ls="--", label="float BNN")
+        for config, ls in (("float", "--"), ("float-ws", ":")):
+            floats = [r[m] for r in rows if r.get("study") == "sweep" and r["config"] == config]
+            if floats:
+                ax.axhline(sum(floats) / len(floats), color="gray", ls=ls, label=f"{config} BNN")
         ax.set_xlabel("bits")
         ax.set_title(m)
         ax.invert_xaxis()
@@ -124,6 +125,9 @@ def main() -> None:
         row = evaluate_qbnn(float_model, test, tc, plot=plot("float"))
         timing = {"seconds": time.perf_counter() - t0, "seconds_per_epoch": stats["seconds_per_epoch"]}
         add(head | QuantConfig("float").to_dict() | {"config": "float"} | row | timing, "sweep")
+        ws = QuantConfig("float", weight_sampling=True)  # float, trained the way SPQ/JQ are (whole weight draws)
+        add(run_config(net_cfg, ws, tc, train, test, pretrained=net, plot=plot(ws.slug()), progress=args.progress),
+            "sweep")  # fmt: skip
         if not args.no_ablations:
             t0 = time.perf_counter()
             ptq = ptq_baseline(float_model, bits=8)

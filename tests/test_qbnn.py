@@ -77,6 +77,15 @@ def test_vpq_mu_and_sigma_take_at_most_2b_values(bits, granularity):
         assert mu_hat.unique().numel() > 2**bits  # one grid per row: the rows' levels differ
 
 
+def test_weight_sampling_shares_one_draw_per_batch_unlike_the_local_reparameterization():
+    x = torch.rand(1, 1, 28, 28).expand(6, 1, 28, 28)  # the same image six times
+    for weight_sampling, same in ((True, True), (False, False)):
+        model = _model(QuantConfig("float", weight_sampling=weight_sampling))
+        out = model(x)
+        assert torch.allclose(out, out[:1].expand_as(out)) == same
+    assert QuantConfig("float", weight_sampling=True).label() == "float-ws"
+
+
 def test_fixed_range_grid_is_the_papers_levels_over_minus_c_to_c():
     layer = _model(QuantConfig("vpq", mu_bits=2, sigma_bits=4, fixed_range=True, weight_clip=1.0)).net[2]
     mu_hat = layer.posterior()[0].detach()

@@ -63,7 +63,7 @@ def _quant_config(args: argparse.Namespace, mode: str | None = None) -> Any:
         mode=mode or args.mode, mu_bits=pick(args.mu_bits, "mu-bits"), sigma_bits=pick(args.sigma_bits, "sigma-bits"),
         sample_bits=pick(args.sample_bits, "sample-bits"), sigma_quantizer=args.sigma_quantizer,
         granularity=args.granularity, symmetric=args.symmetric, weight_clip=args.weight_clip or None,
-        fixed_range=args.fixed_range,
+        fixed_range=args.fixed_range, weight_sampling=args.weight_sampling,
     )  # fmt: skip
 
 
@@ -167,6 +167,11 @@ def add_qbnn_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--granularity", default="channel", help="channel (a grid per output row) | tensor")
     g.add_argument("--symmetric", action="store_true", help="symmetric ±max|x| uniform grids (default min–max)")
     g.add_argument("--weight-clip", type=float, default=1.0, help="clip μ and samples to [−c, c]; 0 = off")
+    g.add_argument(
+        "--weight-sampling",
+        action="store_true",
+        help="float/VPQ: draw whole weight matrices as SPQ/JQ do (default: local reparameterization)",
+    )
     g.add_argument("--fixed-range", action="store_true",
                    help="the paper's grids: μ and samples on 2^b levels over [−c, c], one per tensor")  # fmt: skip
     g = p.add_argument_group("training and evaluation")

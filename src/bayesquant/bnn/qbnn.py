@@ -153,7 +153,9 @@ class QuantConfig:
     and the sampled weights to [−c, c] before quantizing (None: no clipping). fixed_range: the grids of μ and of
     the sampled weights are one fixed grid per tensor, 2ᵇ levels evenly spaced over [−c, c] (c = weight_clip,
     1 without clipping) — the paper's quantizer, which collapses at 2 bits; the default adapts each grid to
-    its row's min–max.
+    its row's min–max. weight_sampling: draw whole weight matrices (one per batch) in float and VPQ modes too,
+    as SPQ and JQ must, instead of the local reparameterization — the float reference trained the way
+    SPQ/JQ are.
     """
 
     mode: QuantMode | str = QuantMode.JQ
@@ -165,6 +167,7 @@ class QuantConfig:
     symmetric: bool = False
     weight_clip: float | None = 1.0
     fixed_range: bool = False
+    weight_sampling: bool = False
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -189,12 +192,13 @@ class QuantConfig:
     def label(self) -> str:
         """A short name such as "jq-4/4/4" (μ/σ/sample bits of the quantizers in use)."""
         m = self.mode
+        ws = "-ws" if self.weight_sampling and not m.spq else ""  # weights drawn whole (not the LRT)
         if m == QuantMode.FLOAT:
-            return "float"
+            return f"float{ws}"
         parts = ([str(self.mu_bits), str(self.sigma_bits)] if m.vpq else []) + (
             [str(self.sample_bits)] if m.spq else []
         )
-        return f"{m.value}-{'/'.join(parts)}"
+        return f"{m.value}-{'/'.join(parts)}{ws}"
 
     def slug(self) -> str:
         """`label()` usable in a file name ("jq-4_4_4")."""
@@ -335,9 +339,9 @@ class QBayesLayer(BayesLayer):
         mu, sigma = self.posterior()
         if not self.sample:  # the network at its (quantized) mean
             return self._op(x, self._quant_sample(mu) if self.quant.mode.spq else mu, self.bias)
-        if self.quant.mode.spq:  # SPQ: draw the weights, quantize them
+        if self.quant.mode.spq or self.quant.weight_sampling:  # SPQ: draw the weights (then quantize them)
             w = self._clip(mu + sigma * torch.randn_like(mu))
-            return self._op(x, self._quant_sample(w), self.bias)
+            return self._op(x, self._quant_sample(w) if self.quant.mode.spq else w, self.bias)
         mean = self._op(x, mu, self.bias)  # local reparameterization (Kingma et al. 2015, eq. 6)
         var = self._op(x.square(), sigma.square(), None)
         return mean + torch.sqrt(var + _VAR_EPS) * torch.randn_like(mean)
