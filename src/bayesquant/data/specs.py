@@ -14,6 +14,7 @@ SPLITS = {
     "fashion-mnist": ("train", "test"),
     "digits": ("train", "test"),
     "bbc-news": ("train", "test", "all"),
+    "fortunes": ("train", "test", "all"),  # off-domain English (Debian's fortunes; `data fetch fortunes`)
     "text": (),  # text:PATH
 }
 
@@ -53,4 +54,8 @@ def load_dataset(spec: str | DataSpec, root: str | Path | None = None) -> ImageD
         return load_digits(s.split)
     if s.name == "bbc-news":
         return load_bbc_news(s.split)
+    if s.name == "fortunes":
+        from bayesquant.data.fortunes import load_fortunes
+
+        return load_fortunes(s.split)
     return load_text_file(s.split)
