@@ -8,7 +8,8 @@ against storable bits (`bayesquant bench ptq` runs this script).
 A config is METHOD:BITS:GROUP[:FLAG...] with GROUP 0 meaning per output channel, or `fp32` for the
 unquantized model. Flags: `act` (--act-order), `noact` (--no-act-order), `storable` (BITS is a storable
 budget: bayesq, baq), `mse` (--grid mse), `NAME=VALUE` (passed as --NAME VALUE, e.g. rounds=2). Peak RSS is
-that of quantizing and saving (the evaluation's own peak is in the JSON).
+that of quantizing and saving (the evaluation's own peak is in the JSON). `--also-data SPEC` evaluates
+every saved model on a second SPEC too (e.g. the off-domain `fortunes:test` for a language model).
 """
 
 from __future__ import annotations
@@ -27,7 +28,18 @@ DEFAULT_DATA = {"smollm2-135m": "bbc-news:test", "minilm-bbc": "bbc-news:test", 
 CLI = [sys.executable, "-m", "bayesquant.cli"]  # the bayesquant command of this interpreter
 
 
-def run_config(model: str, config: str, data: str, work: Path, extra: list[str]) -> dict:
+def also_evaluate(model_or_dir: str, spec: str, work: Path, slug: str) -> dict:
+    """Evaluate a saved model (or a zoo key) on a second SPEC, e.g. off-domain text."""
+    js = work / f"{slug}-also.json"
+    cmd = [*CLI, "eval", "--model", model_or_dir, "--data", spec, "--json", str(js)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    r = json.loads(js.read_text())
+    key = "perplexity" if "perplexity" in r else "accuracy"
+    return {f"{key}_also": r[key], "also_data": spec, "also_eval_seconds": r["seconds"]}
+
+
+def run_config(model: str, config: str, data: str, work: Path, extra: list[str], also: str | None = None) -> dict:
     slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", config.replace(":", "_"))  # a file name, whatever the flags hold
     js = work / f"{slug}.json"
     if config == "fp32":  # the unquantized reference row
@@ -36,7 +48,8 @@ def run_config(model: str, config: str, data: str, work: Path, extra: list[str])
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         r = json.loads(js.read_text())
-        return r | {"nominal_bits": 32.0, "storable_bits": 32.0, "quantize_seconds": 0.0, "eval_seconds": r["seconds"]}
+        r |= {"nominal_bits": 32.0, "storable_bits": 32.0, "quantize_seconds": 0.0, "eval_seconds": r["seconds"]}
+        return r | (also_evaluate(model, also, work, slug) if also else {})
     method, bits, group, *flags = config.split(":")
     out = work / slug
     cmd = [*CLI, "quantize", "--model", model, "--method", method, "--bits", bits, "--out", str(out)]
@@ -52,7 +65,8 @@ def run_config(model: str, config: str, data: str, work: Path, extra: list[str])
                     "mse": ["--grid", "mse"]}[flag]  # fmt: skip
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    return json.loads(js.read_text())
+    r = json.loads(js.read_text())
+    return r | (also_evaluate(str(out), also, work, slug) if also else {})
 
 
 def main() -> None:
@@ -62,6 +76,7 @@ def main() -> None:
     parser.add_argument("--data", help="evaluation SPEC (default: the model's test split)")
     parser.add_argument("--nsamples", help="calibration samples (default: the model's default)")
     parser.add_argument("--max-windows", help="language models: evaluate the first N windows only")
+    parser.add_argument("--also-data", help="a second evaluation SPEC, e.g. fortunes:test (off-domain text)")
     parser.add_argument("--out", help="JSON output (default bench/out/ptq-MODEL.json; the plot next to it)")
     args = parser.parse_args()
     data = args.data or DEFAULT_DATA.get(args.model, "mnist:test")
@@ -70,17 +85,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
-            rows.append({**run_config(args.model, config, data, Path(tmp), extra), "label": config})
+            row = run_config(args.model, config, data, Path(tmp), extra, args.also_data)
+            rows.append({**row, "label": config})
     metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
+    fmt = (lambda v: f"{v:.2f}") if metric == "perplexity" else (lambda v: f"{100 * v:.2f}%")
+    also = f" {metric} on {args.also_data} |" if args.also_data else ""
     lines = [
-        f"| {args.model} | nominal bits | storable bits | {metric} | quantize s | peak RSS GB | eval s |",
-        "|---|---|---|---|---|---|---|",
+        f"| {args.model} | nominal bits | storable bits | {metric} |{also} quantize s | peak RSS GB | eval s |",
+        "|---|---|---|---|" + ("---|" if also else "") + "---|---|---|",
     ]
     for r in rows:
-        value = f"{r[metric]:.2f}" if metric == "perplexity" else f"{100 * r[metric]:.2f}%"
+        extra_col = f" {fmt(r[f'{metric}_also'])} |" if also else ""
         lines.append(
-            f"| {r['label']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {value} "
-            f"| {r['quantize_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['eval_seconds']:.0f} |"
+            f"| {r['label']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {fmt(r[metric])} |{extra_col} "
+            f"{r['quantize_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['eval_seconds']:.0f} |"
         )
     print("\n".join(lines))
     path = Path(args.out or f"bench/out/ptq-{args.model}.json")
