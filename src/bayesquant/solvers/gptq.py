@@ -206,8 +206,10 @@ def gptq_quantize_mixed(
     first = torch.full((len(cg.groups),), columns, dtype=torch.long)
     for k, (_, pos) in enumerate(cg.groups):
         first[k] = pos.min()
-    first_of = torch.zeros(columns, dtype=torch.bool)
-    first_of[first] = True
+    first_mask = torch.zeros(columns, dtype=torch.bool)
+    first_mask[first] = True
+    # plain lists: the loop below reads one entry per column
+    first_of, group_of, pos_bits = first_mask.tolist(), cg.group_of.tolist(), pos_width.tolist()
 
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
@@ -216,8 +218,7 @@ def gptq_quantize_mixed(
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            gi = int(cg.group_of[col])
-            bits = int(pos_width[col])
+            gi, bits = group_of[col], pos_bits[col]
             if first_of[col]:
                 pos = cg.groups[gi][1]
                 inside = pos < i2  # columns of this block hold their in-block updates in W1
