@@ -45,7 +45,8 @@ class QuantizeConfig:
     Mixed-precision methods (bayesq, baq): `bits` is the budget, a mean number of bits per weight (fractional
     allowed), counted as `budget` says — "nominal" (code bits) or "storable" (codes + grids). grid: the range
     of each uniform grid, "minmax" (the reference's) or "mse" (minimising the importance-weighted error:
-    BayesQ's precision-weighted distortion). min_bits/max_bits bound the widths. BayesQ: `posterior` a FILE
+    BayesQ's precision-weighted distortion; the default of both mixed methods). min_bits/max_bits bound the
+    widths. BayesQ: `posterior` a FILE
     from `bayesquant posterior` (None: a diagonal Laplace posterior is fitted on `posterior_nsamples`
     calibration examples), `allocator` and `granularity` of the allocation, `solver` "gptq" (error feedback)
     or "rtn". BAQ: `rounds` of self-correction after the reference pass.
@@ -66,7 +67,7 @@ class QuantizeConfig:
     quantizer: str = "uniform"
     plan: str | None = None
     budget: str = "nominal"
-    grid: str | None = None  # None: minmax, except "mse" for bayesq
+    grid: str | None = None  # None: minmax for rtn/gptq (the reference), mse for bayesq/baq
     min_bits: int | None = None
     max_bits: int | None = None
     posterior: str | None = None
@@ -92,7 +93,7 @@ class QuantizeConfig:
         if self.act_order is None:
             object.__setattr__(self, "act_order", self.mixed)
         if self.grid is None:
-            object.__setattr__(self, "grid", "mse" if self.method == Method.BAYESQ else "minmax")
+            object.__setattr__(self, "grid", "mse" if self.mixed else "minmax")
         for arg, value, valid in (("--budget", self.budget, ("nominal", "storable")), ("--grid", self.grid,
                                   GRID_CHOICES), ("--solver", self.solver, SOLVER_CHOICES),
                                   ("--granularity", self.granularity, ("layer", "column"))):  # fmt: skip
