@@ -46,10 +46,9 @@ class QuantizeConfig:
     allowed), counted as `budget` says — "nominal" (code bits) or "storable" (codes + grids). grid: the range
     of each uniform grid, "minmax" (the reference's) or "mse" (minimising the importance-weighted error:
     BayesQ's precision-weighted distortion; the default of both mixed methods). min_bits/max_bits bound the
-    widths. BayesQ: `posterior` a FILE
-    from `bayesquant posterior` (None: a diagonal Laplace posterior is fitted on `posterior_nsamples`
-    calibration examples), `allocator` and `granularity` of the allocation, `solver` "gptq" (error feedback)
-    or "rtn". BAQ: `rounds` of self-correction after the reference pass.
+    widths. BayesQ: `posterior` a FILE from `bayesquant posterior` (None: a diagonal Laplace posterior is
+    fitted on `posterior_nsamples` calibration examples), `allocator` and `granularity` of the allocation,
+    `solver` "gptq" (error feedback) or "rtn". BAQ: `rounds` of self-correction after the reference pass.
     """
 
     method: Method = Method.GPTQ
