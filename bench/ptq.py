@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bayesquant.paths import atomic_file
+from bayesquant.paths import atomic_file, save_png
 
 DEFAULT_DATA = {"smollm2-135m": "bbc-news:test", "minilm-bbc": "bbc-news:test", "resnet-fashion": "fashion-mnist:test"}
 CLI = [sys.executable, "-m", "bayesquant.cli"]  # the bayesquant command of this interpreter
@@ -133,9 +133,7 @@ def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from bayesquant.bnn.qbnn_run import (
     ptq_baseline,
     run_config,
 )
-from bayesquant.paths import atomic_file
+from bayesquant.paths import atomic_file, save_png
 
 
 def _ints(text: str) -> list[int]:
@@ -63,9 +63,7 @@ def _summary_plot(rows: list[dict], path: Path) -> None:
         ax.invert_xaxis()
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_file(path) as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from bayesquant import __version__
 from bayesquant.errors import UserError
-from bayesquant.paths import atomic_file
+from bayesquant.paths import atomic_file, save_png
 
 log = logging.getLogger("bayesquant")
 
@@ -306,9 +306,7 @@ def _plot_bits(rows: list[dict], path: str, title: str) -> None:
     ax.set_ylabel("bits per weight")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_file(Path(path)) as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _positive_int(text: str) -> int:

@@ -59,3 +59,14 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def save_png(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG atomically (no half-written image), then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
+    plt.close(fig)
+    return path

@@ -58,7 +58,7 @@ from bayesquant.bnn.layers import _VAR_EPS, BayesConv2d, BayesLayer, BayesLinear
 from bayesquant.errors import UserError
 from bayesquant.eval import metrics as M
 from bayesquant.models.nets import MNIST_STATS, Normalize
-from bayesquant.paths import atomic_file
+from bayesquant.paths import save_png
 from bayesquant.quantizers import fit_log, fit_uniform, ste
 from bayesquant.quantizers.log import dequantize_log, quantize_log
 from bayesquant.quantizers.uniform import UniformParams, dequantize_uniform, quantize_uniform
@@ -620,8 +620,4 @@ def plot_uncertainty(
     ax.set_title(title, fontsize=9)
     ax.legend(markerscale=4, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

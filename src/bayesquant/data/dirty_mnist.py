@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from bayesquant.data.images import ImageData, load_idx_images
 from bayesquant.errors import DataError, UserError
 from bayesquant.eval.metrics import mutual_information, predictive_entropy
-from bayesquant.paths import atomic_dir, atomic_file, cache_dir
+from bayesquant.paths import atomic_dir, cache_dir, save_png
 
 log = logging.getLogger(__name__)
 
@@ -362,11 +362,7 @@ def save_sample_grid(images: Tensor, labels: Tensor | None, path: str | Path, n:
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def _cache_entry(recipe: AmbiguousRecipe) -> Path:
