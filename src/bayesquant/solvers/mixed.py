@@ -55,18 +55,16 @@ def equal_loss_widths(
     budget: Budget,
     *,
     candidates: tuple[int, ...] = (2, 3, 4, 5, 6, 8),
-    overhead: float = 0.0,
     theta: float = THETA,
     min_bits: int | None = None,
     max_bits: int | None = None,
 ) -> torch.Tensor:
     """Per-column widths (columns,) for column losses `loss` measured at `widths`, under `budget` (mean bits per
-    weight of the layer); `overhead` stored bits per column (storable budgets)."""
+    weight of the layer, counted in code bits; `storable_widths` handles storable budgets)."""
     w = torch.tensor(candidates, dtype=torch.float64)
     c = loss.double().clamp_min(1e-30)[:, None] * torch.pow(2.0, -theta * (w[None, :] - widths.double()[:, None]))
     columns = len(loss)
-    table = CostTable(c, torch.full((columns,), float(rows)), candidates, torch.full((columns, 1), overhead),
-                      granularity="column")  # fmt: skip
+    table = CostTable(c, torch.full((columns,), float(rows)), candidates, granularity="column")
     alloc = allocate(table, budget, "baq", min_bits=min_bits, max_bits=max_bits, theta=theta)
     return alloc.bits
 
