@@ -82,29 +82,36 @@ def main() -> None:
     data = args.data or DEFAULT_DATA.get(args.model, "mnist:test")
     extra = ["--nsamples", args.nsamples] if args.nsamples else []
     extra += ["--max-windows", args.max_windows] if args.max_windows else []
+    path = Path(args.out or f"bench/out/ptq-{args.model}.json")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
             row = run_config(args.model, config, data, Path(tmp), extra, args.also_data)
             rows.append({**row, "label": config})
+            with atomic_file(path, "w") as fh:  # after every row: an interrupted run keeps what it measured
+                json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)
     metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
+    print(table(rows, args.model, metric, args.also_data))
+    plot(rows, metric, f"{args.model} on {data}", path.with_suffix(".png"))
+
+
+def table(rows: list[dict], model: str, metric: str, also_data: str | None) -> str:
+    """Markdown table of the rows; classifiers also get NLL and ECE (calibration of the quantized model)."""
     fmt = (lambda v: f"{v:.2f}") if metric == "perplexity" else (lambda v: f"{100 * v:.2f}%")
-    also = f" {metric} on {args.also_data} |" if args.also_data else ""
+    also = f" {metric} on {also_data} |" if also_data else ""
+    calib = " NLL | ECE |" if metric == "accuracy" else ""
     lines = [
-        f"| {args.model} | nominal bits | storable bits | {metric} |{also} quantize s | peak RSS GB | eval s |",
-        "|---|---|---|---|" + ("---|" if also else "") + "---|---|---|",
+        f"| {model} | nominal bits | storable bits | {metric} |{calib}{also} quantize s | peak RSS GB | eval s |",
+        "|---|---|---|---|" + "---|" * (calib.count("|") + also.count("|")) + "---|---|---|",
     ]
     for r in rows:
-        extra_col = f" {fmt(r[f'{metric}_also'])} |" if also else ""
+        cells = f" {r['nll']:.4f} | {r['ece']:.4f} |" if calib else ""
+        cells += f" {fmt(r[f'{metric}_also'])} |" if also else ""
         lines.append(
-            f"| {r['label']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {fmt(r[metric])} |{extra_col} "
+            f"| {r['label']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {fmt(r[metric])} |{cells} "
             f"{r['quantize_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['eval_seconds']:.0f} |"
         )
-    print("\n".join(lines))
-    path = Path(args.out or f"bench/out/ptq-{args.model}.json")
-    with atomic_file(path, "w") as fh:
-        json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)
-    plot(rows, metric, f"{args.model} on {data}", path.with_suffix(".png"))
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:

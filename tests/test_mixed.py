@@ -68,6 +68,38 @@ def test_mse_grid_lowers_the_weighted_error():
     assert _output_error(W, mse.dequantized, X) < _output_error(W, minmax.dequantized, X)
 
 
+@pytest.mark.parametrize(("codebook", "group_size"), [("lloyd_max", None), ("quantile", None), ("lloyd_max", 24)])
+def test_codebook_grids_pack_and_store_exactly(codebook, group_size):
+    from torch import nn
+
+    from bayesquant.nn.layers import QuantLinear
+
+    W, _, H = _problem(rows=16, columns=96)
+    widths = torch.tensor([2, 3, 4] * 32)
+    res = gptq_quantize_mixed(W, H, widths, group_size=group_size, codebook=codebook)
+    n_groups = 1 if group_size is None else 32 // group_size + 1  # 32 columns per width class
+    assert all(s.is_codebook and s.codebook.shape == (16, n_groups, 1 << s.bits) for s in res.qweight.segments)
+    torch.testing.assert_close(res.qweight.dequantize(), res.dequantized, rtol=0, atol=0)
+    # every quantized value is one of its row's levels
+    seg = res.qweight.segments[0]
+    first = seg.dequantize()[:, : seg.group_size]  # the columns of the first grid
+    assert torch.all((first[..., None] == seg.codebook[:, 0, None, :]).any(-1))
+    packed = QuantLinear.from_float(nn.Linear(96, 16, bias=False), res.qweight)
+    written = sum(getattr(packed, n).numel() * getattr(packed, n).element_size() for n in packed.quant_tensor_names())
+    assert mixed_stored_bits(widths, 16, group_size, codebook=True) == 8 * written
+
+
+def test_lloyd_max_codebook_beats_the_uniform_grid_at_two_bits():
+    # per-row codebooks at 2 bits fit the bell-shaped rows better than a min–max affine grid (same solver)
+    W, X, H = _problem(rows=32, columns=96)
+    widths = torch.full((96,), 2)
+    uniform = gptq_quantize_mixed(W, H, widths, grid="minmax")
+    lloyd = gptq_quantize_mixed(W, H, widths, codebook="lloyd_max")
+    assert _output_error(W, lloyd.dequantized, X) < 0.8 * _output_error(W, uniform.dequantized, X)
+    with pytest.raises(ValueError, match="codebook='log'"):
+        gptq_quantize_mixed(W, H, widths, codebook="log")
+
+
 def test_equal_loss_allocation_gives_a_bit_per_factor_four_of_loss():
     # θ = 2: a column with 4× the loss of another gets one more bit (equal loss per weight afterwards)
     loss = torch.tensor([1.0, 4.0, 16.0, 64.0] * 8)
@@ -108,8 +140,8 @@ def test_baq_storable_budget_counts_exactly_the_bytes_written(group_size):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("method", ["baq", "bayesq"])
-def test_mixed_methods_on_digit_cnn_save_load_and_keep_accuracy(method, tmp_path):
+@pytest.mark.parametrize(("method", "quantizer"), [("baq", "uniform"), ("bayesq", "uniform"), ("bayesq", "lloyd_max")])
+def test_mixed_methods_on_digit_cnn_save_load_and_keep_accuracy(method, quantizer, tmp_path):
     from bayesquant.api import quantize
     from bayesquant.config import QuantizeConfig
     from bayesquant.eval import evaluate
@@ -117,7 +149,8 @@ def test_mixed_methods_on_digit_cnn_save_load_and_keep_accuracy(method, tmp_path
 
     # BAQ: a nominal budget per layer; BayesQ: a storable budget over the whole model, met as the file counts it
     budget = {"baq": ("nominal", 3.0), "bayesq": ("storable", 3.5)}[method]
-    cfg = QuantizeConfig(method=method, bits=budget[1], budget=budget[0], nsamples=128, posterior_nsamples=128)
+    cfg = QuantizeConfig(method=method, bits=budget[1], budget=budget[0], nsamples=128, posterior_nsamples=128,
+                         quantizer=quantizer)  # fmt: skip
     result = quantize("digit-cnn", cfg)
     out = result.save(tmp_path / method)
     size = size_report(out)
@@ -145,5 +178,16 @@ def test_mixed_method_config_errors():
         QuantizeConfig(method="baq", bits=3.5, budget="bytes")
     with pytest.raises(UserError, match="--grid"):
         QuantizeConfig(method="bayesq", bits=3, grid="percentile")
+    with pytest.raises(UserError, match=r"--quantizer lloyd_max: .* drop --static-groups"):
+        QuantizeConfig(method="gptq", bits=3, group_size=64, static_groups=True, quantizer="lloyd_max")
     assert QuantizeConfig(method="bayesq", bits=3.25).act_order is True
     assert QuantizeConfig(method="gptq", bits=3.0).bits == 3
+
+
+def test_baq_keeps_its_smallest_round_when_a_layer_cannot_meet_a_storable_budget():
+    # 9 columns with one float16 scale and zero per row: the grid alone is 32/9 = 3.6 bits per weight
+    W, _, H = _problem(rows=8, columns=9)
+    res, widths, trace = baq_quantize(W, H, Budget(3.0, "storable"), rounds=1)
+    assert not trace.met_budget
+    assert trace.spent[trace.kept] == min(trace.spent) > 3.0
+    assert res.qweight.nominal_bits == pytest.approx(widths.double().mean().item())

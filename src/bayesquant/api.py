@@ -81,7 +81,7 @@ def _rtn(cfg: QuantizeConfig, _loaded: LoadedModel | None = None, _log: SolveLog
 
 
 def _gptq(cfg: QuantizeConfig, _loaded: LoadedModel | None = None, _log: SolveLog | None = None) -> Solver:
-    if cfg.grid != "minmax" or (cfg.plan is not None and _plan_granularity(cfg.plan) == "column"):
+    if cfg.grid != "minmax" or cfg.quantizer != "uniform" or (cfg.plan and _plan_granularity(cfg.plan) == "column"):
         return _gptq_columns(cfg)
     bits_for = _bits_for(cfg)
 
@@ -127,13 +127,18 @@ def _gptq_columns(cfg: QuantizeConfig, widths_for=None, importance_for=None, log
         imp = importance_for(name, W.shape) if importance_for is not None else None
         result = gptq_quantize_mixed(
             W, H, widths, group_size=cfg.group_size, act_order=bool(cfg.act_order), damp=cfg.damp,
-            block_size=cfg.block_size, grid=cfg.grid, importance=imp, symmetric=cfg.symmetric,
+            block_size=cfg.block_size, grid=cfg.grid, importance=imp, symmetric=cfg.symmetric, codebook=_codebook(cfg),
         )  # fmt: skip
         if log is not None:
             log.widths[name] = widths.tolist()
         return _with_shape(result.qweight, module)
 
     return solve
+
+
+def _codebook(cfg: QuantizeConfig) -> str | None:
+    """The mixed solver's codebook: None for affine grids (--quantizer uniform), else the codebook's name."""
+    return None if cfg.quantizer == "uniform" else cfg.quantizer
 
 
 def _baq(cfg: QuantizeConfig, _loaded: LoadedModel, log: SolveLog) -> Solver:
@@ -151,10 +156,15 @@ def _baq(cfg: QuantizeConfig, _loaded: LoadedModel, log: SolveLog) -> Solver:
         result, widths, trace = baq_quantize(
             _weight(module), H, budget, group_size=cfg.group_size, rounds=cfg.rounds, min_bits=cfg.min_bits,
             max_bits=cfg.max_bits, act_order=bool(cfg.act_order), damp=cfg.damp, block_size=cfg.block_size,
-            grid=cfg.grid, symmetric=cfg.symmetric,
+            grid=cfg.grid, symmetric=cfg.symmetric, codebook=_codebook(cfg),
         )  # fmt: skip
         log.widths[name] = widths.tolist()
-        log.notes[name] = {"round_bits": trace.bits, "round_loss": trace.loss, "kept_round": trace.kept}
+        log.notes[name] = {"round_bits": trace.bits, "round_loss": trace.loss, "kept_round": trace.kept,
+                           "met_budget": trace.met_budget}  # fmt: skip
+        if not trace.met_budget:
+            msg = "baq: %s (%d×%d) cannot meet the %s budget of %.2f bits (its grids alone cost more); kept %.2f"
+            logging.getLogger(__name__).warning(msg, name, *_weight(module).shape, budget.kind.value, budget.bits,
+                                                trace.spent[trace.kept])  # fmt: skip
         return _with_shape(result.qweight, module)
 
     return solve
@@ -177,7 +187,7 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         post = estimate_posterior(loaded, method, calib=cfg.calib, nsamples=n, seq_len=cfg.seq_len, seed=cfg.seed,
                                   curvature=curvature, prior_precision="marglik")  # fmt: skip
     posterior_seconds = time.perf_counter() - t
-    table = posterior_cost_table(post, granularity=cfg.granularity, metric="expected_mse", quantizer="uniform",
+    table = posterior_cost_table(post, granularity=cfg.granularity, metric="expected_mse", quantizer=cfg.quantizer,
                                  group_size=cfg.group_size, bits=_candidates(cfg))  # fmt: skip
     alloc = _allocate_exactly(table, post, cfg)
     per_module = alloc.per_module()
@@ -200,30 +210,52 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
 
 def _allocate_exactly(table, post, cfg: QuantizeConfig):
     """The allocation of `cfg.bits` over `table`; a storable budget is met as the saved model counts it (partial
-    grids of each width class and the column permutation included, `mixed_stored_bits`): the table's estimate
-    misses those, so the budget handed to the allocator is lowered by the excess until the model fits."""
+    grids or codebooks of each width class and the column permutation included, `mixed_stored_bits`): the
+    table's estimate misses those, so the budget handed to the allocator is lowered until the model fits —
+    first by the measured excess, then by bisection to the largest budget that fits (a codebook's size depends
+    on its width, so the excess is not a constant offset)."""
     from bayesquant.allocation.allocators import allocate
     from bayesquant.allocation.table import Budget
     from bayesquant.solvers.mixed import mixed_stored_bits
 
-    target = float(cfg.bits)
+    bits, codebook = float(cfg.bits), _codebook(cfg) is not None
     n = sum(post.mean[name].numel() for name in post.names)
-    for _ in range(5):
+
+    def allocation(target: float):
         alloc = allocate(table, Budget(target, cfg.budget), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
-        if cfg.budget == "nominal":
-            return alloc
         stored = 0.0
         for name, widths in alloc.per_module().items():
             rows = post.mean[name].shape[0]
             cols = post.mean[name].numel() // rows
             w = torch.tensor(widths if len(widths) == cols else widths * cols)
-            stored += mixed_stored_bits(w, rows, cfg.group_size)
-        excess = stored / n - float(cfg.bits)
+            stored += mixed_stored_bits(w, rows, cfg.group_size, codebook=codebook)
         alloc.extra["storable_bits_exact"] = stored / n
-        if excess <= 0.002:
+        return alloc, stored / n - bits  # the allocation and its excess over the budget
+
+    if cfg.budget == "nominal":
+        return allocate(table, Budget(bits, cfg.budget), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
+    tol = 0.002
+    alloc, excess = allocation(bits)
+    hi, target, fits = bits, bits, None
+    for _ in range(8):  # step down by the excess until the model fits
+        if excess <= tol:
+            fits = (target, alloc, excess)
             break
-        target -= excess
-    return alloc
+        hi, target = target, target - max(excess, 0.01)
+        alloc, excess = allocation(target)
+    if fits is None:
+        return alloc  # the smallest widths allowed do not fit: the budget is missed (reported in the size)
+    lo = fits[0]
+    for _ in range(10):  # then bisect between the largest budget that fits and the smallest that does not
+        if fits[2] > -tol or hi - lo < 1e-3:
+            break
+        mid = (lo + hi) / 2
+        alloc, excess = allocation(mid)
+        if excess <= tol:
+            lo, fits = mid, (mid, alloc, excess)
+        else:
+            hi = mid
+    return fits[1]
 
 
 def _candidates(cfg: QuantizeConfig) -> tuple[int, ...]:

@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsamples", type=_positive_int, help="calibration windows / images / articles")
     p.add_argument("--seq-len", type=_positive_int, default=512, help="calibration window length (tokens)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
-    p.add_argument("--quantizer", default="uniform", help="rtn codebook: uniform | quantile | lloyd_max")
+    p.add_argument("--quantizer", default="uniform", help="codebook: uniform | quantile | lloyd_max")
     p.add_argument("--plan", help="PLAN.json from `bayesquant allocate` (layer or column plans; replaces --bits)")
     p.add_argument("--budget", default="nominal", help="bayesq/baq: what --bits counts: nominal | storable")
     p.add_argument("--grid", help="uniform range: minmax | mse (importance-weighted; default for bayesq/baq)")

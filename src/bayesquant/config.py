@@ -39,7 +39,9 @@ class QuantizeConfig:
     channel). act_order / static_groups / damp / block_size: GPTQ options (the reference's defaults).
     calib: data SPEC for calibration; nsamples: windows (language models), images or articles; None picks
     the task's default (64 windows, 1024 images, 128 articles). seq_len: calibration window length.
-    quantizer: the codebook of RTN — "uniform" (affine grid), "quantile" (paper (c) §3.3) or "lloyd_max".
+    quantizer: the codebook — "uniform" (affine grid), "quantile" (paper (c) §3.3) or "lloyd_max"; with gptq,
+    bayesq and baq a codebook is fitted per row of each grid as the solver reaches it, weighted by the
+    importances (diag H, or BayesQ's posterior precision), and stored as 2ᵇ float16 levels per row and grid.
     plan: a plan JSON (`bayesquant allocate`) giving each module its own width (then `bits` is ignored).
 
     Mixed-precision methods (bayesq, baq): `bits` is the budget, a mean number of bits per weight (fractional
@@ -117,8 +119,9 @@ class QuantizeConfig:
             raise UserError(f"--nsamples {self.nsamples}: must be ≥ 1")
         if self.quantizer not in QUANTIZER_CHOICES:
             raise UserError(f"--quantizer {self.quantizer!r}: unknown; valid: {', '.join(QUANTIZER_CHOICES)}")
-        if self.quantizer != "uniform" and self.method != Method.RTN:
-            raise UserError(f"--quantizer {self.quantizer}: codebook quantizers are applied by --method rtn")
+        if self.quantizer != "uniform" and self.static_groups:
+            raise UserError(f"--quantizer {self.quantizer}: codebooks are fitted as GPTQ reaches each group; "
+                            "drop --static-groups")  # fmt: skip
         if self.static_groups and self.group_size is None:
             raise UserError("--static-groups needs --group-size")
 

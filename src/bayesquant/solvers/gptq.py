@@ -4,12 +4,16 @@ updates, dampening, group-wise grids, act-order and static groups."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from bayesquant.nn.qweight import QuantizedSegment, QuantizedWeight
+from bayesquant.quantizers import QUANTIZERS
 from bayesquant.quantizers.uniform import UniformParams, fit_uniform
+
+CODEBOOKS = ("lloyd_max", "quantile")  # the non-uniform codebooks the mixed solver can fit per grid
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ def gptq_quantize_mixed(
     grid: str = "minmax",
     importance: torch.Tensor | None = None,
     symmetric: bool = False,
+    codebook: str | None = None,
 ) -> GPTQResult:
     """GPTQ with one width per input column (BAQ, BayesQ), columns of equal width stored together.
 
@@ -176,6 +181,8 @@ def gptq_quantize_mixed(
     when the first of its columns is reached, from the current values of all its columns (the updates of
     every column quantized before included). grid: "minmax" (the reference's range) or "mse" (the range that
     minimises Σ importance·(w − Q(w))², `importance` (rows, columns) defaulting to diag H per column).
+    codebook: a non-uniform codebook instead of the affine grid ("lloyd_max" or "quantile", fitted per row of
+    each grid with the importances as weights; `grid` is then unused); each column's codes are its nearest levels.
     With one width, `group_size` equal to `block_size` (or None) and grid="minmax" this is `gptq_quantize`.
     """
     W = W.detach().clone().float()
@@ -186,6 +193,9 @@ def gptq_quantize_mixed(
         raise ValueError(f"widths: expected ({columns},) integers in 1..8, got {tuple(widths.shape)}")
     if grid not in ("minmax", "mse"):
         raise ValueError(f"grid={grid!r}: expected 'minmax' or 'mse'")
+    if codebook is not None and codebook not in CODEBOOKS:
+        raise ValueError(f"codebook={codebook!r}: expected one of {', '.join(CODEBOOKS)} (or None: uniform grids)")
+    fit_codebook = QUANTIZERS.get(codebook) if codebook is not None else None
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -203,6 +213,8 @@ def gptq_quantize_mixed(
     lossesT = torch.zeros_like(WT)
     g_scale = torch.zeros(len(cg.groups), rows)
     g_zero = torch.zeros(len(cg.groups), rows)
+    g_levels: list[torch.Tensor] = [torch.empty(0)] * len(cg.groups)  # codebooks: (rows, 2ᵇ) ascending levels
+    g_mid: list[torch.Tensor] = [torch.empty(0)] * len(cg.groups)  # and the decision thresholds between them
     first = torch.full((len(cg.groups),), columns, dtype=torch.long)
     for k, (_, pos) in enumerate(cg.groups):
         first[k] = pos.min()
@@ -223,16 +235,24 @@ def gptq_quantize_mixed(
                 pos = cg.groups[gi][1]
                 inside = pos < i2  # columns of this block hold their in-block updates in W1
                 cur = torch.where(inside[:, None], W1[(pos - i1).clamp(0, i2 - i1 - 1)], WT[pos])  # (g, rows)
-                if grid == "mse":
-                    p = fit_uniform(cur.t(), bits, symmetric=symmetric, method="mse", norm=2.0, grid=50,
-                                    weights=imp[:, pos])  # fmt: skip
+                if fit_codebook is not None:
+                    levels = torch.sort(fit_codebook(cur.t().contiguous(), bits, weights=imp[:, pos]).params.float())[0]
+                    g_levels[gi], g_mid[gi] = levels, (levels[:, 1:] + levels[:, :-1]) / 2
                 else:
-                    p = fit_uniform(cur.t(), bits, symmetric=symmetric, method="minmax")
-                g_scale[gi], g_zero[gi] = p.scale[:, 0], p.zero[:, 0]
-            scale, zero = g_scale[gi], g_zero[gi]
+                    if grid == "mse":
+                        p = fit_uniform(cur.t(), bits, symmetric=symmetric, method="mse", norm=2.0, grid=50,
+                                        weights=imp[:, pos])  # fmt: skip
+                    else:
+                        p = fit_uniform(cur.t(), bits, symmetric=symmetric, method="minmax")
+                    g_scale[gi], g_zero[gi] = p.scale[:, 0], p.zero[:, 0]
             w = W1[i]
-            c = torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
-            q = scale * (c - zero)
+            if fit_codebook is not None:  # the nearest level: count the thresholds below w
+                c = (w[:, None] > g_mid[gi]).sum(1)
+                q = g_levels[gi].gather(1, c[:, None]).squeeze(1)
+            else:
+                scale, zero = g_scale[gi], g_zero[gi]
+                c = torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
+                q = scale * (c - zero)
             codesT[col] = c
             QT[col] = q
             err = (w - q) / Hinv1[i, i]
@@ -246,15 +266,17 @@ def gptq_quantize_mixed(
         pos = cg.members[c]
         ks = [k for k, (cls, _) in enumerate(cg.groups) if cls == c]
         g = len(pos) if not group_size else min(group_size, len(pos))
-        segments.append(
-            QuantizedSegment(bits=b, codes=codesT[pos].t().to(torch.uint8), group_size=g,
-                             scale=g_scale[ks].t().contiguous(), zero=g_zero[ks].t().contiguous())
-        )  # fmt: skip
+        codes = codesT[pos].t().to(torch.uint8)
+        if fit_codebook is not None:  # (rows, n_groups, 2ᵇ)
+            segments.append(QuantizedSegment(b, codes, g, codebook=torch.stack([g_levels[k] for k in ks], dim=1)))
+        else:
+            segments.append(QuantizedSegment(b, codes, g, scale=g_scale[ks].t().contiguous(),
+                                             zero=g_zero[ks].t().contiguous()))  # fmt: skip
         stored.append(order[pos])
     perm = torch.cat(stored)
     if len(segments) == 1 and segments[0].n_groups == 1:  # one grid per row: column order is free, store it plain
         seg = segments[0]
-        segments = [QuantizedSegment(seg.bits, seg.codes[:, torch.argsort(perm)], seg.group_size, seg.scale, seg.zero)]
+        segments = [dataclasses.replace(seg, codes=seg.codes[:, torch.argsort(perm)])]
         perm = torch.arange(columns)
     if torch.equal(perm, torch.arange(columns)):
         perm = None

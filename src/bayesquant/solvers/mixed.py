@@ -8,7 +8,9 @@ The layer is re-quantized with those widths by `gptq_quantize_mixed`; the losses
 model's estimate (self-correction) and the allocation is repeated `rounds` times. Each column's reference loss
 L_j(b₀) is the geometric mean of its estimates so far (each round's measurement carried back to b₀ by the
 model): one measurement alone makes the allocation oscillate, since a column that received more bits then
-looks cheap. The result with the lowest measured loss among the rounds that meet the budget is kept.
+looks cheap. The result with the lowest measured loss among the rounds that meet the budget is kept; a layer
+too small to meet a storable budget at all (a 9-column first convolution: one grid per row costs 3.6 bits per
+weight) keeps its smallest round and says so in the trace (`met_budget`).
 """
 
 from __future__ import annotations
@@ -33,19 +35,26 @@ class BAQTrace:
     bits: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     kept: int = -1
+    met_budget: bool = True
+    spent: list[float] = field(default_factory=list)  # bits per weight each round spends, as the budget counts
 
 
-def mixed_stored_bits(widths: torch.Tensor, rows: int, group_size: int | None) -> float:
+def grid_bits(bits: int, codebook: bool = False) -> float:
+    """Stored bits of one row's grid: a float16 scale and zero, or a codebook's 2ᵇ float16 levels."""
+    return 16.0 * (1 << bits) if codebook else GRID_BITS
+
+
+def mixed_stored_bits(widths: torch.Tensor, rows: int, group_size: int | None, codebook: bool = False) -> float:
     """Stored bits of a layer quantized by `gptq_quantize_mixed` with these per-column widths: codes, a float16
-    scale and zero per (row, grid) — each width class split into ⌈n_c/g⌉ grids, a partial one included — and
-    the int16/int32 column permutation (act-order always stores one)."""
+    scale and zero (or codebook) per (row, grid) — each width class split into ⌈n_c/g⌉ grids, a partial one
+    included — and the int16/int32 column permutation (act-order always stores one)."""
     from bayesquant.nn.layers import perm_dtype
 
     columns = len(widths)
     counts = torch.bincount(widths.long(), minlength=9)
-    grids = sum(math.ceil(int(n) / (group_size or int(n))) for n in counts if n)
+    grids = sum(math.ceil(int(n) / (group_size or int(n))) * grid_bits(b, codebook) for b, n in enumerate(counts) if n)
     perm_bits = torch.iinfo(perm_dtype(columns)).bits * columns
-    return rows * float(widths.sum()) + rows * grids * GRID_BITS + perm_bits
+    return rows * float(widths.sum()) + rows * grids + perm_bits
 
 
 def equal_loss_widths(
@@ -70,7 +79,13 @@ def equal_loss_widths(
 
 
 def storable_widths(
-    loss: torch.Tensor, widths: torch.Tensor, rows: int, budget: Budget, group_size: int | None, **kw
+    loss: torch.Tensor,
+    widths: torch.Tensor,
+    rows: int,
+    budget: Budget,
+    group_size: int | None,
+    codebook: bool = False,
+    **kw,
 ) -> torch.Tensor:
     """`equal_loss_widths` under a budget counted exactly as `mixed_stored_bits` counts it: for a storable
     budget the nominal target is lowered by the grid and permutation bits of the previous try until the layer
@@ -78,10 +93,10 @@ def storable_widths(
     if budget.kind == BudgetKind.NOMINAL:
         return equal_loss_widths(loss, widths, rows, budget, **kw)
     n = rows * len(loss)
-    target = budget.bits - GRID_BITS / (group_size or len(loss))
+    target = budget.bits - grid_bits(round(budget.bits), codebook) / (group_size or len(loss))
     for _ in range(6):
         out = equal_loss_widths(loss, widths, rows, Budget(max(target, 1.0)), **kw)
-        excess = mixed_stored_bits(out, rows, group_size) / n - budget.bits
+        excess = mixed_stored_bits(out, rows, group_size, codebook) / n - budget.bits
         if excess <= 1e-9:
             break
         target -= excess
@@ -103,30 +118,40 @@ def baq_quantize(
 ) -> tuple[GPTQResult, torch.Tensor, BAQTrace]:
     """BAQ on one layer: (the kept GPTQ result, its per-column widths, the trace of the rounds)."""
     rows, columns = W.shape
-    nominal = budget.bits if budget.kind == BudgetKind.NOMINAL else budget.bits - GRID_BITS / (group_size or columns)
+    cb = gptq_options.get("codebook") is not None
+    nominal = budget.bits
+    if budget.kind == BudgetKind.STORABLE:
+        nominal -= grid_bits(round(budget.bits), cb) / (group_size or columns)
     ref = min(max(round(nominal), candidates[0]), candidates[-1])
     widths = torch.full((columns,), ref, dtype=torch.long)
     trace = BAQTrace()
+    fallback: list[tuple[GPTQResult, torch.Tensor]] = []
     best: tuple[float, GPTQResult, torch.Tensor] | None = None
     log_ref = torch.zeros(columns, dtype=torch.float64)  # Σ over rounds of log2 L_j carried back to b₀
     for r in range(max(rounds, 1) + 1):
         if r:
             ref_loss = torch.pow(2.0, log_ref / r)  # the geometric mean of the estimates of L_j(b₀)
             widths = storable_widths(
-                ref_loss, torch.full_like(widths, ref), rows, budget, group_size, candidates=candidates, theta=theta,
-                min_bits=min_bits, max_bits=max_bits,
+                ref_loss, torch.full_like(widths, ref), rows, budget, group_size, cb, candidates=candidates,
+                theta=theta, min_bits=min_bits, max_bits=max_bits,
             )  # fmt: skip
         result = gptq_quantize_mixed(W, H, widths, group_size=group_size, **gptq_options)
         col = result.losses.sum(0).double().clamp_min(1e-30)
         log_ref += torch.log2(col) + theta * (widths.double() - ref)
         loss = float(result.losses.sum())
         mean = float(widths.double().mean())
-        spent = mean if budget.kind == BudgetKind.NOMINAL else mixed_stored_bits(widths, rows, group_size) / W.numel()
+        spent = mixed_stored_bits(widths, rows, group_size, cb) / W.numel()
+        spent = mean if budget.kind == BudgetKind.NOMINAL else spent
         trace.bits.append(mean)
         trace.loss.append(loss)
+        trace.spent.append(spent)
+        fallback.append((result, widths))
         meets = spent <= budget.bits + 0.01
         if meets and (best is None or loss < best[0]):
             best = (loss, result, widths)
             trace.kept = r
-    assert best is not None  # every allocation round meets the budget
+    if best is None:  # no round fits: keep the one that spends least
+        r = min(range(len(trace.spent)), key=lambda i: (trace.spent[i], trace.loss[i]))
+        trace.kept, trace.met_budget = r, False
+        return fallback[r][0], fallback[r][1], trace
     return best[1], best[2], trace
