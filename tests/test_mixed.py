@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -191,3 +192,23 @@ def test_baq_keeps_its_smallest_round_when_a_layer_cannot_meet_a_storable_budget
     assert not trace.met_budget
     assert trace.spent[trace.kept] == min(trace.spent) > 3.0
     assert res.qweight.nominal_bits == pytest.approx(widths.double().mean().item())
+
+
+@pytest.mark.integration
+def test_bayesq_with_the_task_loss_table_on_digit_cnn():
+    from bayesquant.api import quantize
+    from bayesquant.config import QuantizeConfig
+    from bayesquant.errors import UserError
+
+    with pytest.raises(UserError, match="--metric mc_task_loss: measured per layer; add --granularity layer"):
+        QuantizeConfig(method="bayesq", bits=3, metric="mc_task_loss")
+    cfg = QuantizeConfig(method="bayesq", bits=3.0, metric="mc_task_loss", granularity="layer", nsamples=128,
+                         posterior_nsamples=128, max_bits=6)  # fmt: skip
+    result = quantize("digit-cnn", cfg)
+    assert result.log.plan_meta["metric"] == "mc_task_loss"
+    widths = {name: set(w) for name, w in result.log.widths.items()}
+    assert all(len(w) == 1 for w in widths.values())  # one width per layer
+    assert len(set.union(*widths.values())) > 1  # and not the same one everywhere
+    sizes = [math.prod(m.shape) for m in result.report.modules]
+    nominal = sum(m.nominal_bits * n for m, n in zip(result.report.modules, sizes, strict=True)) / sum(sizes)
+    assert 2.0 <= nominal <= 3.0

@@ -119,8 +119,9 @@ def test_quantizer_choice_is_validated():
 
     with pytest.raises(UserError, match="--quantizer 'kmeans'"):
         QuantizeConfig(method="rtn", quantizer="kmeans")
-    with pytest.raises(UserError, match="--method rtn"):
-        QuantizeConfig(method="gptq", quantizer="lloyd_max")
+    with pytest.raises(UserError, match="drop --static-groups"):
+        QuantizeConfig(method="gptq", quantizer="lloyd_max", group_size=64, static_groups=True)
+    assert QuantizeConfig(method="gptq", quantizer="lloyd_max").quantizer == "lloyd_max"  # GPTQ with codebooks
 
 
 def test_mc_task_loss_table_measures_the_loss_increase():

@@ -187,14 +187,18 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         post = estimate_posterior(loaded, method, calib=cfg.calib, nsamples=n, seq_len=cfg.seq_len, seed=cfg.seed,
                                   curvature=curvature, prior_precision="marglik")  # fmt: skip
     posterior_seconds = time.perf_counter() - t
-    table = posterior_cost_table(post, granularity=cfg.granularity, metric="expected_mse", quantizer=cfg.quantizer,
-                                 group_size=cfg.group_size, bits=_candidates(cfg))  # fmt: skip
+    if cfg.metric == "mc_task_loss":  # measured per layer on the calibration data (labelled: the task's NLL)
+        table = task_loss_table(loaded, post, cfg.calib, cfg.nsamples, bits=_candidates(cfg), quantizer=cfg.quantizer,
+                                group_size=cfg.group_size, seed=cfg.seed)  # fmt: skip
+    else:
+        table = posterior_cost_table(post, granularity=cfg.granularity, metric="expected_mse", bits=_candidates(cfg),
+                                     quantizer=cfg.quantizer, group_size=cfg.group_size)  # fmt: skip
     alloc = _allocate_exactly(table, post, cfg)
     per_module = alloc.per_module()
     storable = alloc.extra.get("storable_bits_exact", alloc.storable_bits)
     log.plan_meta = {"allocator": cfg.allocator, "budget": {"bits": float(cfg.bits), "kind": cfg.budget},
                      "nominal_bits": alloc.nominal_bits, "storable_bits_estimate": storable,
-                     "objective": alloc.objective, "metric": "expected_mse", "posterior": post.meta,
+                     "objective": alloc.objective, "metric": cfg.metric, "posterior": post.meta,
                      "posterior_seconds": posterior_seconds,
                      "allocation_seconds": time.perf_counter() - t - posterior_seconds}  # fmt: skip
 
@@ -206,6 +210,34 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         return post.precision(name).float().reshape(shape)
 
     return _gptq_columns(cfg, widths_for, importance_for, log)
+
+
+def task_loss_table(
+    loaded: LoadedModel,
+    post,
+    calib: str | None,
+    nsamples: int | None,
+    *,
+    bits: tuple[int, ...],
+    quantizer: str = "uniform",
+    group_size: int | None = None,
+    samples: int = 1,
+    seed: int = 0,
+):
+    """The Monte-Carlo task-loss cost table (`allocation.costs.mc_task_loss_table`, one row per layer): the
+    increase of the calibration NLL when one layer is rounded, the others drawn from the posterior."""
+    from bayesquant.allocation.costs import mc_task_loss_table, nll_loss
+    from bayesquant.data.calibration import labelled_batches
+
+    if loaded.task.value not in ("image_classification", "text_classification", "causal_lm"):
+        raise UserError(f"--metric mc_task_loss: {loaded.key} has no task loss; use another --metric")
+    batches = labelled_batches(loaded, calib, nsamples, seed=seed)
+    if not batches.labels_valid:
+        raise UserError(f"--calib {calib}: its labels are not {loaded.key}'s classes")
+    likelihood = "causal_lm" if loaded.task.value == "causal_lm" else "classification"
+    modules = loaded.family.quantizable_modules(loaded.module)
+    return mc_task_loss_table(loaded.module, post, modules, nll_loss(batches, likelihood), bits=bits,
+                              quantizer=quantizer, group_size=group_size, samples=samples, seed=seed)  # fmt: skip
 
 
 def _allocate_exactly(table, post, cfg: QuantizeConfig):

@@ -141,6 +141,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         quantizer=args.quantizer, plan=args.plan, budget=args.budget, grid=args.grid, min_bits=args.min_bits,
         max_bits=args.max_bits, posterior=args.posterior, posterior_nsamples=args.posterior_nsamples,
         allocator=args.allocator, granularity=args.granularity, solver=args.solver, rounds=args.rounds,
+        metric=args.metric,
     )  # fmt: skip
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -273,25 +274,16 @@ def cmd_allocate(args: argparse.Namespace) -> None:
 
 def _mc_table(args: argparse.Namespace, post: Any, widths: tuple[int, ...]) -> Any:
     """The Monte-Carlo task-loss table: needs the model and labelled calibration data."""
-    from bayesquant.allocation.costs import mc_task_loss_table, nll_loss
-    from bayesquant.data.calibration import labelled_batches
+    from bayesquant.api import task_loss_table
     from bayesquant.models import load_model
 
     if not args.model:
         raise UserError("--metric mc_task_loss: give --model KEY (and --calib SPEC) to measure the task loss")
     if args.granularity != "layer":
         raise UserError(f"--metric mc_task_loss works per layer; got --granularity {args.granularity}")
-    loaded = load_model(args.model)
-    if loaded.task.value not in ("image_classification", "text_classification", "causal_lm"):
-        raise UserError(f"--metric mc_task_loss: {loaded.key} has no task loss; use another --metric")
-    batches = labelled_batches(loaded, args.calib, args.nsamples, seed=args.seed)
-    if not batches.labels_valid:
-        raise UserError(f"--calib {args.calib}: its labels are not {loaded.key}'s classes")
-    likelihood = "causal_lm" if loaded.task.value == "causal_lm" else "classification"
-    modules = loaded.family.quantizable_modules(loaded.module)
-    return mc_task_loss_table(loaded.module, post, modules, nll_loss(batches, likelihood), bits=widths,
-                              quantizer=args.quantizer, group_size=args.group_size, samples=args.samples,
-                              seed=args.seed)  # fmt: skip
+    return task_loss_table(load_model(args.model), post, args.calib, args.nsamples, bits=widths,
+                           quantizer=args.quantizer, group_size=args.group_size, samples=args.samples,
+                           seed=args.seed)  # fmt: skip
 
 
 def _plot_bits(rows: list[dict], path: str, title: str) -> None:
@@ -378,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--posterior-nsamples", type=_positive_int, help="bayesq: examples for that fit (LLM: 16)")
     p.add_argument("--allocator", default="knapsack", help="bayesq: knapsack | baq | exact | uniform | …")
     p.add_argument("--granularity", default="column", help="bayesq: layer | column")
+    p.add_argument("--metric", default="expected_mse", help="bayesq's costs: expected_mse | mc_task_loss (per layer)")
     p.add_argument("--solver", default="gptq", help="bayesq: gptq (error feedback) | rtn")
     p.add_argument("--rounds", type=int, default=1, help="baq: self-correction rounds after the reference pass")
     p.add_argument("--out", required=True, help="output directory (written atomically)")

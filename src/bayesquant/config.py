@@ -50,6 +50,8 @@ class QuantizeConfig:
     BayesQ's precision-weighted distortion; the default of both mixed methods). min_bits/max_bits bound the
     widths. BayesQ: `posterior` a FILE from `bayesquant posterior` (None: a diagonal Laplace posterior is
     fitted on `posterior_nsamples` calibration examples), `allocator` and `granularity` of the allocation,
+    `metric` of its cost table ("expected_mse": closed form from the posterior; "mc_task_loss": the measured
+    increase of the calibration NLL per layer, others drawn from the posterior — needs granularity "layer"),
     `solver` "gptq" (error feedback) or "rtn". BAQ: `rounds` of self-correction after the reference pass.
     """
 
@@ -75,6 +77,7 @@ class QuantizeConfig:
     posterior_nsamples: int | None = None
     allocator: str = "knapsack"
     granularity: str = "column"
+    metric: str = "expected_mse"
     solver: str = "gptq"
     rounds: int = 1
     version: int = CONFIG_VERSION
@@ -97,12 +100,15 @@ class QuantizeConfig:
             object.__setattr__(self, "grid", "mse" if self.mixed else "minmax")
         for arg, value, valid in (("--budget", self.budget, ("nominal", "storable")), ("--grid", self.grid,
                                   GRID_CHOICES), ("--solver", self.solver, SOLVER_CHOICES),
-                                  ("--granularity", self.granularity, ("layer", "column"))):  # fmt: skip
+                                  ("--granularity", self.granularity, ("layer", "column")),
+                                  ("--metric", self.metric, ("expected_mse", "mc_task_loss"))):  # fmt: skip
             if value not in valid:
                 raise UserError(f"{arg} {value!r}: unknown; valid: {', '.join(valid)}")
         for arg, value in (("--min-bits", self.min_bits), ("--max-bits", self.max_bits)):
             if value is not None and not 1 <= value <= 8:
                 raise UserError(f"{arg} {value}: must be from 1 to 8")
+        if self.metric == "mc_task_loss" and self.granularity != "layer":
+            raise UserError("--metric mc_task_loss: measured per layer; add --granularity layer")
         if self.rounds < 0:
             raise UserError(f"--rounds {self.rounds}: must be ≥ 0")
         if self.posterior_nsamples is not None and self.posterior_nsamples < 1:
