@@ -188,10 +188,28 @@ def test_mixed_method_config_errors():
 def test_baq_keeps_its_smallest_round_when_a_layer_cannot_meet_a_storable_budget():
     # 9 columns with one float16 scale and zero per row: the grid alone is 32/9 = 3.6 bits per weight
     W, _, H = _problem(rows=8, columns=9)
-    res, widths, trace = baq_quantize(W, H, Budget(3.0, "storable"), rounds=1)
-    assert not trace.met_budget
-    assert trace.spent[trace.kept] == min(trace.spent) > 3.0
-    assert res.qweight.nominal_bits == pytest.approx(widths.double().mean().item())
+    res, widths, trace = baq_quantize(W, H, Budget(3.0, "storable"), rounds=1, min_bits=2)
+    assert not trace.met_budget and min(trace.spent) > 3.0
+    assert widths.tolist() == [3] * 9  # the budget's width, not the 2 bits the allocation fell to
+    assert res.qweight.perm is None and res.qweight.nominal_bits == 3
+    assert trace.spent[trace.kept] == pytest.approx(3 + 32 / 9)  # codes and one scale and zero per row, no perm
+
+
+@pytest.mark.parametrize(("widths", "group_size", "act_order"), [
+    ([3] * 12, None, True), ([3] * 12, 4, True), ([3] * 12, 4, False), ([4] * 6 + [2] * 6, None, False),
+    ([2] * 6 + [4] * 6, None, False), ([2] * 6 + [4] * 6, None, True),
+])  # fmt: skip
+def test_stored_bits_count_a_permutation_only_where_one_is_stored(widths, group_size, act_order):
+    from torch import nn
+
+    from bayesquant.nn.layers import QuantLinear
+
+    W, _, H = _problem(rows=8, columns=12)
+    widths = torch.tensor(widths)
+    res = gptq_quantize_mixed(W, H, widths, group_size=group_size, act_order=act_order)
+    packed = QuantLinear.from_float(nn.Linear(12, 8, bias=False), res.qweight)
+    written = sum(getattr(packed, n).numel() * getattr(packed, n).element_size() for n in packed.quant_tensor_names())
+    assert mixed_stored_bits(widths, 8, group_size, act_order=act_order) == 8 * written
 
 
 @pytest.mark.integration
@@ -212,3 +230,16 @@ def test_bayesq_with_the_task_loss_table_on_digit_cnn():
     sizes = [math.prod(m.shape) for m in result.report.modules]
     nominal = sum(m.nominal_bits * n for m, n in zip(result.report.modules, sizes, strict=True)) / sum(sizes)
     assert 2.0 <= nominal <= 3.0
+
+
+def test_storable_budget_becomes_one_nominal_width_net_of_the_models_grids():
+    from bayesquant.solvers.mixed import storable_to_nominal
+
+    widths = torch.tensor([2] * 100 + [3] * 184 + [4] * 100)  # three classes: 4 + 6 + 4 = 12 + 2 grids of 32
+    overhead = mixed_stored_bits(widths, 64, 32) - 64 * float(widths.sum())
+    nominal = storable_to_nominal([(64, 384)], 3.5, 32, codebook=False)
+    assert 3.5 - nominal == pytest.approx(overhead / (64 * 384))
+    # per-row grids: three per row; a small layer adds its overhead to the model's, shared over all weights
+    big, small = 64 * 3 * 32 + 16 * 384, 32 * 3 * 32 + 16 * 16
+    both = storable_to_nominal([(64, 384), (32, 16)], 3.5, None, codebook=False)
+    assert both == pytest.approx(3.5 - (big + small) / (64 * 384 + 32 * 16))

@@ -141,7 +141,7 @@ def _codebook(cfg: QuantizeConfig) -> str | None:
     return None if cfg.quantizer == "uniform" else cfg.quantizer
 
 
-def _baq(cfg: QuantizeConfig, _loaded: LoadedModel, log: SolveLog) -> Solver:
+def _baq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
     """BAQ (`bayesquant.solvers.mixed`): per layer, a GPTQ pass at the reference width, the equal-loss
     allocation of the layer's budget over its input columns, and the re-quantization at those widths."""
     from bayesquant.allocation.table import Budget
@@ -150,6 +150,12 @@ def _baq(cfg: QuantizeConfig, _loaded: LoadedModel, log: SolveLog) -> Solver:
     budget = Budget(float(cfg.bits), cfg.budget)
     log.plan_meta = {"allocator": "baq", "budget": {"bits": budget.bits, "kind": budget.kind.value},
                      "rounds": cfg.rounds}  # fmt: skip
+    if cfg.budget == "storable":  # one nominal width for every layer, the model's grids and permutations deducted
+        from bayesquant.solvers.mixed import storable_to_nominal
+
+        shapes = [tuple(_weight(m).shape) for m in loaded.family.quantizable_modules(loaded.module).values()]
+        budget = Budget(storable_to_nominal(shapes, float(cfg.bits), cfg.group_size, _codebook(cfg) is not None))
+        log.plan_meta["layer_nominal_bits"] = budget.bits
 
     def solve(name: str, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight:
         assert H is not None
@@ -251,6 +257,7 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
     from bayesquant.solvers.mixed import mixed_stored_bits
 
     bits, codebook = float(cfg.bits), _codebook(cfg) is not None
+    act_order = bool(cfg.act_order) and cfg.solver != "rtn"  # rtn rounds with H = I: processing order = natural
     n = sum(post.mean[name].numel() for name in post.names)
 
     def allocation(target: float):
@@ -260,7 +267,7 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
             rows = post.mean[name].shape[0]
             cols = post.mean[name].numel() // rows
             w = torch.tensor(widths if len(widths) == cols else widths * cols)
-            stored += mixed_stored_bits(w, rows, cfg.group_size, codebook=codebook)
+            stored += mixed_stored_bits(w, rows, cfg.group_size, codebook, act_order)
         alloc.extra["storable_bits_exact"] = stored / n
         return alloc, stored / n - bits  # the allocation and its excess over the budget
 

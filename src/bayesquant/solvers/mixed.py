@@ -10,7 +10,8 @@ L_j(b₀) is the geometric mean of its estimates so far (each round's measuremen
 model): one measurement alone makes the allocation oscillate, since a column that received more bits then
 looks cheap. The result with the lowest measured loss among the rounds that meet the budget is kept; a layer
 too small to meet a storable budget at all (a 9-column first convolution: one grid per row costs 3.6 bits per
-weight) keeps its smallest round and says so in the trace (`met_budget`).
+weight) is quantized at the budget's width, rounded, and says so in the trace (`met_budget`): a few hundred
+weights over budget cost the model less than a 1-bit first layer.
 """
 
 from __future__ import annotations
@@ -44,17 +45,29 @@ def grid_bits(bits: int, codebook: bool = False) -> float:
     return 16.0 * (1 << bits) if codebook else GRID_BITS
 
 
-def mixed_stored_bits(widths: torch.Tensor, rows: int, group_size: int | None, codebook: bool = False) -> float:
+def mixed_stored_bits(
+    widths: torch.Tensor, rows: int, group_size: int | None, codebook: bool = False, act_order: bool = True
+) -> float:
     """Stored bits of a layer quantized by `gptq_quantize_mixed` with these per-column widths: codes, a float16
     scale and zero (or codebook) per (row, grid) — each width class split into ⌈n_c/g⌉ grids, a partial one
-    included — and the int16/int32 column permutation (act-order always stores one)."""
+    included — and the int16/int32 column permutation where one is stored (`stores_permutation`)."""
     from bayesquant.nn.layers import perm_dtype
 
     columns = len(widths)
     counts = torch.bincount(widths.long(), minlength=9)
     grids = sum(math.ceil(int(n) / (group_size or int(n))) * grid_bits(b, codebook) for b, n in enumerate(counts) if n)
-    perm_bits = torch.iinfo(perm_dtype(columns)).bits * columns
+    perm = stores_permutation(widths, group_size, act_order)
+    perm_bits = torch.iinfo(perm_dtype(columns)).bits * columns if perm else 0
     return rows * float(widths.sum()) + rows * grids + perm_bits
+
+
+def stores_permutation(widths: torch.Tensor, group_size: int | None, act_order: bool = True) -> bool:
+    """Whether `gptq_quantize_mixed` stores a column permutation: not for one width with one grid per row
+    (column order is then free), nor without act-order when the widths already fall from left to right."""
+    columns = len(widths)
+    if bool(torch.all(widths == widths[0])) and (not group_size or group_size >= columns):
+        return False
+    return act_order or not bool(torch.all(widths[:-1] >= widths[1:]))
 
 
 def equal_loss_widths(
@@ -85,6 +98,7 @@ def storable_widths(
     budget: Budget,
     group_size: int | None,
     codebook: bool = False,
+    act_order: bool = True,
     **kw,
 ) -> torch.Tensor:
     """`equal_loss_widths` under a budget counted exactly as `mixed_stored_bits` counts it: for a storable
@@ -96,11 +110,25 @@ def storable_widths(
     target = budget.bits - grid_bits(round(budget.bits), codebook) / (group_size or len(loss))
     for _ in range(6):
         out = equal_loss_widths(loss, widths, rows, Budget(max(target, 1.0)), **kw)
-        excess = mixed_stored_bits(out, rows, group_size, codebook) / n - budget.bits
+        excess = mixed_stored_bits(out, rows, group_size, codebook, act_order) / n - budget.bits
         if excess <= 1e-9:
             break
         target -= excess
     return out
+
+
+def storable_to_nominal(shapes: list[tuple[int, int]], bits: float, group_size: int | None, codebook: bool) -> float:
+    """The nominal width every layer gets so that a model of these (rows, columns) layers stores about `bits` per
+    weight: the storable budget less the model's grid and permutation bits per weight, each layer assumed to end
+    with three width classes (its grids plus two partial ones) and a stored int16 permutation. BAQ shares a
+    budget equally across layers (the paper); counting a storable budget per layer instead would leave a
+    16-column shortcut convolution, whose per-row grids alone cost 2 bits per weight, at 1 bit."""
+    ref = max(round(bits), 1)
+    overhead = sum(
+        rows * (math.ceil(cols / (group_size or cols)) + 2) * grid_bits(ref, codebook) + 16 * cols
+        for rows, cols in shapes
+    )  # fmt: skip
+    return bits - overhead / sum(rows * cols for rows, cols in shapes)
 
 
 def baq_quantize(
@@ -118,21 +146,21 @@ def baq_quantize(
 ) -> tuple[GPTQResult, torch.Tensor, BAQTrace]:
     """BAQ on one layer: (the kept GPTQ result, its per-column widths, the trace of the rounds)."""
     rows, columns = W.shape
-    cb = gptq_options.get("codebook") is not None
+    cb, act = gptq_options.get("codebook") is not None, gptq_options.get("act_order", True)
     nominal = budget.bits
     if budget.kind == BudgetKind.STORABLE:
         nominal -= grid_bits(round(budget.bits), cb) / (group_size or columns)
-    ref = min(max(round(nominal), candidates[0]), candidates[-1])
+    lo, hi = max(min_bits or 1, candidates[0]), min(max_bits or 8, candidates[-1])
+    ref = min(max(round(nominal), lo), hi)
     widths = torch.full((columns,), ref, dtype=torch.long)
     trace = BAQTrace()
-    fallback: list[tuple[GPTQResult, torch.Tensor]] = []
     best: tuple[float, GPTQResult, torch.Tensor] | None = None
     log_ref = torch.zeros(columns, dtype=torch.float64)  # Σ over rounds of log2 L_j carried back to b₀
     for r in range(max(rounds, 1) + 1):
         if r:
             ref_loss = torch.pow(2.0, log_ref / r)  # the geometric mean of the estimates of L_j(b₀)
             widths = storable_widths(
-                ref_loss, torch.full_like(widths, ref), rows, budget, group_size, cb, candidates=candidates,
+                ref_loss, torch.full_like(widths, ref), rows, budget, group_size, cb, act, candidates=candidates,
                 theta=theta, min_bits=min_bits, max_bits=max_bits,
             )  # fmt: skip
         result = gptq_quantize_mixed(W, H, widths, group_size=group_size, **gptq_options)
@@ -140,18 +168,26 @@ def baq_quantize(
         log_ref += torch.log2(col) + theta * (widths.double() - ref)
         loss = float(result.losses.sum())
         mean = float(widths.double().mean())
-        spent = mixed_stored_bits(widths, rows, group_size, cb) / W.numel()
+        spent = mixed_stored_bits(widths, rows, group_size, cb, act) / W.numel()
         spent = mean if budget.kind == BudgetKind.NOMINAL else spent
         trace.bits.append(mean)
         trace.loss.append(loss)
         trace.spent.append(spent)
-        fallback.append((result, widths))
         meets = spent <= budget.bits + 0.01
         if meets and (best is None or loss < best[0]):
             best = (loss, result, widths)
             trace.kept = r
-    if best is None:  # no round fits: keep the one that spends least
-        r = min(range(len(trace.spent)), key=lambda i: (trace.spent[i], trace.loss[i]))
-        trace.kept, trace.met_budget = r, False
-        return fallback[r][0], fallback[r][1], trace
+
+    def one_width(b: int) -> tuple[GPTQResult, torch.Tensor, float]:
+        widths = torch.full((columns,), b, dtype=torch.long)
+        result = gptq_quantize_mixed(W, H, widths, group_size=group_size, **gptq_options)
+        trace.bits.append(float(b))
+        trace.loss.append(float(result.losses.sum()))
+        trace.spent.append(mixed_stored_bits(widths, rows, group_size, cb, act) / W.numel())
+        return result, widths, trace.loss[-1]
+
+    if best is None:  # the grids alone exceed the budget: one width, the budget's, rounded, on every column
+        result, widths, _ = one_width(min(max(round(budget.bits), lo), hi))
+        trace.kept, trace.met_budget = len(trace.loss) - 1, False
+        return result, widths, trace
     return best[1], best[2], trace
