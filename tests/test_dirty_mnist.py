@@ -121,3 +121,15 @@ def test_recipe_validation():
     with pytest.raises(UserError, match="n_train"):
         D.AmbiguousRecipe(n_train=0)
     assert D.AmbiguousRecipe().key() != D.AmbiguousRecipe(seed=1).key()
+
+
+def test_ambiguous_mnist_spec_loads_the_cached_set(tiny_build, monkeypatch):
+    from bayesquant.data.specs import DataSpec, load_dataset
+
+    amb, _ = tiny_build
+    monkeypatch.setattr(D, "ambiguous_mnist", lambda root=None: amb)  # the default set takes minutes to generate
+    test = load_dataset("ambiguous-mnist:test")
+    assert torch.equal(test.images, amb.test.images) and torch.equal(test.labels, amb.test.labels)
+    assert torch.equal(load_dataset("ambiguous-mnist:train").labels, amb.train.labels)
+    with pytest.raises(DataError, match="valid: train, test"):
+        DataSpec.parse("ambiguous-mnist:all")

@@ -15,6 +15,7 @@ SPLITS = {
     "digits": ("train", "test"),
     "bbc-news": ("train", "test", "all"),
     "fortunes": ("train", "test", "all"),  # off-domain English (Debian's fortunes; `data fetch fortunes`)
+    "ambiguous-mnist": ("train", "test"),  # generated on first use and cached (docs/methods.md, Dirty-MNIST)
     "text": (),  # text:PATH
 }
 
@@ -54,6 +55,11 @@ def load_dataset(spec: str | DataSpec, root: str | Path | None = None) -> ImageD
         return load_digits(s.split)
     if s.name == "bbc-news":
         return load_bbc_news(s.split)
+    if s.name == "ambiguous-mnist":  # the aleatoric part of Dirty-MNIST, labels drawn from the ensemble's mean
+        from bayesquant.data.dirty_mnist import ambiguous_mnist
+
+        amb = ambiguous_mnist(root=root)
+        return amb.train if s.split == "train" else amb.test
     if s.name == "fortunes":
         from bayesquant.data.fortunes import load_fortunes
 
