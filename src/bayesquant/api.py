@@ -260,8 +260,11 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
     act_order = bool(cfg.act_order) and cfg.solver != "rtn"  # rtn rounds with H = I: processing order = natural
     n = sum(post.mean[name].numel() for name in post.names)
 
+    def allocate_at(target: float):
+        return allocate(table, Budget(target, cfg.budget), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
+
     def allocation(target: float):
-        alloc = allocate(table, Budget(target, cfg.budget), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
+        alloc = allocate_at(target)
         stored = 0.0
         for name, widths in alloc.per_module().items():
             rows = post.mean[name].shape[0]
@@ -272,7 +275,7 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
         return alloc, stored / n - bits  # the allocation and its excess over the budget
 
     if cfg.budget == "nominal":
-        return allocate(table, Budget(bits, cfg.budget), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
+        return allocate_at(bits)
     tol = 0.002
     alloc, excess = allocation(bits)
     hi, target, fits = bits, bits, None
