@@ -115,3 +115,17 @@ def test_bench_runs_a_bench_script_and_names_the_valid_ones(capsys):
 def test_fractional_bits_need_a_mixed_method(capsys):
     code, _, err = run(capsys, "quantize", "--model", "digit-cnn", "--bits", "3.5", "--out", "/nonexistent/x")
     assert_one_line_error(code, err, "--bits 3.5", "bayesq or baq")
+
+
+@pytest.mark.integration
+def test_quantize_with_distillation_records_it_and_rejects_bad_settings(capsys, tmp_path):
+    code, _, err = run(capsys, "quantize", "--model", "digit-cnn", "--method", "rtn", "--bits", "3",
+                       "--distill-steps", "4", "--distill-temperature", "-1", "--out", str(tmp_path / "x"))  # fmt: skip
+    assert_one_line_error(code, err, "--distill-temperature -1.0", "≥ 0")
+    code, _, err = run(capsys, "quantize", "--model", "digit-cnn", "--method", "rtn", "--bits", "3", "--nsamples",
+                       "64", "--distill-steps", "4", "--out", str(tmp_path / "rtn"))  # fmt: skip
+    assert code == 0, err
+    extra = json.loads((tmp_path / "rtn" / "config.json").read_text())["extra"]
+    assert extra["config"]["distill_steps"] == 4
+    d = extra["distill"]
+    assert d["steps"] == 4 and d["teacher_samples"] == 0 and d["loss_after"] <= d["loss_before"]

@@ -44,6 +44,8 @@ class SolveLog:
     widths: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     notes: dict[str, dict] = dataclasses.field(default_factory=dict)
     plan_meta: dict = dataclasses.field(default_factory=dict)
+    posterior: object | None = None  # BayesQ's posterior: the distillation teacher's draws come from it
+    distill: dict = dataclasses.field(default_factory=dict)  # what the optional distillation did
 
 
 METHODS: Registry[MethodSpec] = Registry("method", "--method")
@@ -193,6 +195,7 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         post = estimate_posterior(loaded, method, calib=cfg.calib, nsamples=n, seq_len=cfg.seq_len, seed=cfg.seed,
                                   curvature=curvature, prior_precision="marglik")  # fmt: skip
     posterior_seconds = time.perf_counter() - t
+    log.posterior = post
     if cfg.metric == "mc_task_loss":  # measured per layer on the calibration data (labelled: the task's NLL)
         table = task_loss_table(loaded, post, cfg.calib, cfg.nsamples, bits=_candidates(cfg), quantizer=cfg.quantizer,
                                 group_size=cfg.group_size, seed=cfg.seed)  # fmt: skip
@@ -336,6 +339,8 @@ class QuantizeResult:
             extra["allocation"] = self.log.plan_meta
         if self.log.notes:
             extra["notes"] = self.log.notes
+        if self.log.distill:
+            extra["distill"] = self.log.distill
         return save_quantized(
             self.model.module, directory, key=self.model.key, method=self.config.method.value, plan=plan, extra=extra
         )
@@ -356,14 +361,34 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
         Plan.load(config.plan).check_modules(list(loaded.family.quantizable_modules(loaded.module)))
     batches: list = []
     needs_hessian = spec.needs_hessian and not (config.method == Method.BAYESQ and config.solver == "rtn")
-    if needs_hessian:
+    if needs_hessian or config.distill_steps:
         batches = calibration_batches(loaded, config.calib, config.nsamples, config.seq_len, config.seed)
+    teacher = None
+    if config.distill_steps:  # from the float model, before the driver overwrites its weights
+        from bayesquant.solvers.distill import posterior_teacher
+
+        modules = loaded.family.quantizable_modules(loaded.module)
+        teacher = posterior_teacher(loaded.module, batches, solve_log.posterior, modules,
+                                    samples=config.distill_samples, predictive=config.distill_predictive,
+                                    temperature=config.distill_temperature, seed=config.seed)  # fmt: skip
     calib_seconds = time.perf_counter() - start
     report = quantize_sequential(
-        loaded.module, loaded.family, batches, solve, needs_hessian=needs_hessian, desc=config.method.value
+        loaded.module,
+        loaded.family,
+        batches if needs_hessian else [],
+        solve,
+        needs_hessian=needs_hessian,
+        desc=config.method.value,
     )
     for name, qw in report.qweights.items():
         quantize_module_inplace(loaded.module, name, qw)
+    if teacher is not None:
+        from bayesquant.solvers.distill import distill
+
+        t = time.perf_counter()
+        done = distill(loaded.module, batches, teacher, config.distill_settings)
+        solve_log.distill = {**done.as_dict(), "teacher_samples": teacher.samples,
+                                          "seconds": time.perf_counter() - t}  # fmt: skip
     return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds, solve_log)
 
 

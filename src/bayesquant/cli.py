@@ -141,7 +141,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         quantizer=args.quantizer, plan=args.plan, budget=args.budget, grid=args.grid, min_bits=args.min_bits,
         max_bits=args.max_bits, posterior=args.posterior, posterior_nsamples=args.posterior_nsamples,
         allocator=args.allocator, granularity=args.granularity, solver=args.solver, rounds=args.rounds,
-        metric=args.metric,
+        metric=args.metric, distill_steps=args.distill_steps, distill_lr=args.distill_lr,
+        distill_samples=args.distill_samples, distill_params=args.distill_params,
+        distill_predictive=args.distill_predictive, distill_temperature=args.distill_temperature,
     )  # fmt: skip
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -163,6 +165,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         "out": str(saved),
         "config": config.to_dict(),
     }
+    if result.log.distill:
+        summary["distill"] = result.log.distill
     if args.eval:
         from bayesquant.eval import evaluate
 
@@ -373,6 +377,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="expected_mse", help="bayesq's costs: expected_mse | mc_task_loss (per layer)")
     p.add_argument("--solver", default="gptq", help="bayesq: gptq (error feedback) | rtn")
     p.add_argument("--rounds", type=int, default=1, help="baq: self-correction rounds after the reference pass")
+    p.add_argument(
+        "--distill-steps",
+        type=int,
+        default=0,
+        help="distill to the posterior-predictive teacher for N Adam steps after quantizing (0: off)",
+    )
+    p.add_argument("--distill-lr", type=float, default=1e-3, help="distillation learning rate")
+    p.add_argument(
+        "--distill-samples",
+        type=int,
+        default=8,
+        help="bayesq, with --distill-temperature > 0: posterior draws in the teacher",
+    )
+    p.add_argument("--distill-params", default="bias_norm_grid", help="what is tuned: bias_norm | bias_norm_grid")
+    p.add_argument(
+        "--distill-predictive",
+        default="linearized",
+        help="the teacher's posterior predictive: linearized (GLM) | sampled (network at drawn weights)",
+    )
+    p.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=0.0,
+        help="bayesq: posterior temperature τ of the teacher (σ² · τ); default 0: the float model teaches",
+    )
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--eval", metavar="SPEC", help="evaluate the quantized model on SPEC afterwards")

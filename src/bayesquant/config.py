@@ -53,6 +53,14 @@ class QuantizeConfig:
     `metric` of its cost table ("expected_mse": closed form from the posterior; "mc_task_loss": the measured
     increase of the calibration NLL per layer, others drawn from the posterior — needs granularity "layer"),
     `solver` "gptq" (error feedback) or "rtn". BAQ: `rounds` of self-correction after the reference pass.
+
+    Distillation (any method; BayesQ's optional last step): `distill_steps` Adam steps (0 = off) at `distill_lr`
+    tune the float tensors left after quantization (`distill_params`: "bias_norm", or "bias_norm_grid" with the
+    grids' scales and codebooks) on the calibration inputs towards the teacher — the posterior predictive over
+    `distill_samples` draws of BayesQ's posterior (`distill_predictive` "linearized": the GLM predictive, or
+    "sampled": the network at the drawn weights; σ² scaled by `distill_temperature` τ), or the float model (τ = 0,
+    the default — measured better on accuracy, docs/results.md —, `distill_samples` 0, or a method without a
+    posterior).
     """
 
     method: Method = Method.GPTQ
@@ -80,6 +88,12 @@ class QuantizeConfig:
     metric: str = "expected_mse"
     solver: str = "gptq"
     rounds: int = 1
+    distill_steps: int = 0
+    distill_lr: float = 1e-3
+    distill_samples: int = 8
+    distill_params: str = "bias_norm_grid"
+    distill_predictive: str = "linearized"
+    distill_temperature: float = 0.0
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -109,6 +123,12 @@ class QuantizeConfig:
                 raise UserError(f"{arg} {value}: must be from 1 to 8")
         if self.metric == "mc_task_loss" and self.granularity != "layer":
             raise UserError("--metric mc_task_loss: measured per layer; add --granularity layer")
+        if self.distill_samples < 0:
+            raise UserError(f"--distill-samples {self.distill_samples}: must be ≥ 0 (0: the float model teaches)")
+        from bayesquant.solvers.distill import check_teacher
+
+        _ = self.distill_settings  # validates steps, lr and params
+        check_teacher(self.distill_predictive, self.distill_temperature)
         if self.rounds < 0:
             raise UserError(f"--rounds {self.rounds}: must be ≥ 0")
         if self.posterior_nsamples is not None and self.posterior_nsamples < 1:
@@ -135,6 +155,12 @@ class QuantizeConfig:
     def mixed(self) -> bool:
         """Whether `bits` is a budget shared out by an allocator (bayesq, baq)."""
         return self.method.value in MIXED_METHODS
+
+    @property
+    def distill_settings(self):
+        from bayesquant.solvers.distill import DistillSettings
+
+        return DistillSettings(self.distill_steps, self.distill_lr, self.distill_params)
 
     def to_dict(self) -> dict:
         d = asdict(self)
