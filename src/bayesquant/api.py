@@ -388,7 +388,7 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
         t = time.perf_counter()
         done = distill(loaded.module, batches, teacher, config.distill_settings)
         solve_log.distill = {**done.as_dict(), "teacher_samples": teacher.samples,
-                                          "seconds": time.perf_counter() - t}  # fmt: skip
+                             "seconds": time.perf_counter() - t}  # fmt: skip
     return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds, solve_log)
 
 

@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--distill-steps",
         type=int,
         default=0,
-        help="distill to the posterior-predictive teacher for N Adam steps after quantizing (0: off)",
+        help="after quantizing, tune biases, norms and grids towards the teacher for N Adam steps (0: off)",
     )
     p.add_argument("--distill-lr", type=float, default=1e-3, help="distillation learning rate")
     p.add_argument(

@@ -91,21 +91,16 @@ class DistillReport:
                 "loss_after": self.loss_last, "kept": self.kept}  # fmt: skip
 
 
-def _logits(model: nn.Module, inputs: Inputs) -> Tensor:
-    args, kwargs = inputs
-    out = model(*args, **kwargs)
+def _as_logits(out: Any) -> Tensor:
     out = out.logits if hasattr(out, "logits") else out
     if not isinstance(out, Tensor) or out.dim() not in (2, 3):
         raise UserError(f"distillation needs logits (B, C) or (B, T, V); the model returned {type(out).__name__}")
     return out.float()
 
 
-def _mask(inputs: Inputs, logits: Tensor) -> Tensor | None:
-    """Positions that count for a (B, T, V) output: the attention mask where one was given, else all."""
-    if logits.dim() != 3:
-        return None
-    mask = inputs[1].get("attention_mask")
-    return None if mask is None else mask.bool()
+def _logits(model: nn.Module, inputs: Inputs) -> Tensor:
+    args, kwargs = inputs
+    return _as_logits(model(*args, **kwargs))
 
 
 PREDICTIVES = ("linearized", "sampled")
@@ -118,22 +113,16 @@ def check_teacher(predictive: str, temperature: float) -> None:
         raise UserError(f"--distill-temperature {temperature}: must be ≥ 0 (0: the float model teaches)")
 
 
-def _linearized(model: nn.Module, inputs: Inputs, modules: dict[str, nn.Module]):
-    """(f(x; μ), δ ↦ J(x)·δ): the logits at the posterior mean and the Jacobian-vector product in the weights
-    of `modules` (forward-mode AD: about the cost of two forward passes, nothing stored per weight)."""
+def _linearized(model: nn.Module, inputs: Inputs, modules: dict[str, nn.Module], delta: dict[str, Tensor]) -> Tensor:
+    """f(x; μ) + J(x)·δ, the network linearized in the weights of `modules` around their values μ (forward-mode
+    AD: about the cost of two forward passes, nothing stored per weight)."""
     from torch.func import functional_call, jvp
 
     mu = {f"{name}.weight": m.weight.detach() for name, m in modules.items()}
+    tangent = {f"{n}.weight": d.to(mu[f"{n}.weight"].dtype) for n, d in delta.items()}
     args, kwargs = inputs
-
-    def f(weights: dict[str, Tensor]) -> Tensor:
-        out = functional_call(model, weights, args, kwargs)
-        return (out.logits if hasattr(out, "logits") else out).float()
-
-    def jvp_of(delta: dict[str, Tensor]) -> Tensor:
-        return jvp(f, (mu,), ({f"{n}.weight": d.to(mu[f"{n}.weight"].dtype) for n, d in delta.items()},))[1]
-
-    return f(mu), jvp_of
+    f0, jd = jvp(lambda w: _as_logits(functional_call(model, w, args, kwargs)), (mu,), (tangent,))
+    return f0 + jd
 
 
 @contextlib.contextmanager
@@ -200,8 +189,7 @@ def _teacher_probs(model, inputs, post, modules, draws: int, predictive: str, de
     if not draws:
         total = torch.softmax(_logits(model, inputs), -1)
     elif predictive == "linearized":
-        f0, jvp_of = _linearized(model, inputs, modules)
-        total = sum(torch.softmax(f0 + jvp_of(delta(s)), -1) for s in range(draws)) / draws
+        total = sum(torch.softmax(_linearized(model, inputs, modules, delta(s)), -1) for s in range(draws)) / draws
     else:
         total = 0
         for s in range(draws):
@@ -231,7 +219,7 @@ def tunable_parameters(model: nn.Module, params: str = "bias_norm_grid") -> dict
                 found[prefix + pname] = p
         if params == "bias_norm_grid" and isinstance(module, QuantModule):
             for bname, buf in list(module._buffers.items()):
-                if buf is not None and bname.split("_")[0] in ("scale", "codebook"):
+                if buf is not None and _is_grid(bname):
                     t = buf.detach().float().requires_grad_(True)
                     module._buffers[bname] = t
                     found[prefix + bname] = t
@@ -243,7 +231,7 @@ def _restore_grids(model: nn.Module) -> None:
         for module in model.modules():
             if isinstance(module, QuantModule):
                 for bname, buf in list(module._buffers.items()):
-                    if buf is not None and buf.dtype == torch.float32 and bname.split("_")[0] in ("scale", "codebook"):
+                    if buf is not None and buf.dtype == torch.float32 and _is_grid(bname):
                         half = buf.detach().half()
                         if not torch.isfinite(half).all():
                             raise ValueError(f"distillation drove {bname} beyond float16's range")
@@ -255,9 +243,7 @@ def _loss(model: nn.Module, inputs: Inputs, teacher: Teacher, i: int) -> Tensor:
     logq = torch.log_softmax(_logits(model, inputs), -1)
     p = teacher.probs[i]
     if teacher.sparse:
-        per = -(p * logq.gather(-1, teacher.indices[i])).sum(-1)  # (B, T)
-        mask = _mask(inputs, logq)
-        return per[mask].mean() if mask is not None else per.mean()
+        return -(p * logq.gather(-1, teacher.indices[i])).sum(-1).mean()  # over positions (B, T)
     return F.kl_div(logq, p, reduction="batchmean")
 
 
@@ -286,6 +272,7 @@ def _groups(tensors: dict[str, Tensor], lr: float) -> list[dict]:
 
 
 def _is_grid(name: str) -> bool:
+    """Whether a (qualified) buffer name is a quantized layer's scale or codebook."""
     return name.rsplit(".", 1)[-1].split("_")[0] in ("scale", "codebook")
 
 
@@ -302,8 +289,8 @@ def distill(
     if len(teacher.probs) != len(batches):
         raise UserError(f"distillation: {len(batches)} batches but a teacher for {len(teacher.probs)}")
     model.eval()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tensors = tunable_parameters(model, settings.params)
+    state = {k: t.detach().clone() for k, t in tensors.items()}  # to put back if the loss rises
     if not tensors:
         _restore_grids(model)
         raise UserError("distillation: the model has no biases, norms or grids to tune; drop --distill-steps")
@@ -330,5 +317,5 @@ def distill(
     kept = last <= first
     if not kept:  # never hand back a model further from the teacher than the quantized one
         log.warning("distill: the loss rose (%.4g → %.4g); the quantized model's tensors are kept", first, last)
-        model.load_state_dict({k: state[k] for k in tensors}, strict=False)
+        model.load_state_dict(state, strict=False)
     return DistillReport(settings.steps, n, first, last, losses, kept)
