@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="Monte-Carlo samples T")
     parser.add_argument("--init-std", type=float, default=TrainConfig.init_std)
     parser.add_argument("--prior-std", type=float, default=TrainConfig.prior_std)
+    parser.add_argument("--sigma-lr", type=float, help="stage-2 learning rate of σ (default: the learning rate)")
+    parser.add_argument("--draws", type=int, default=1, help="weight draws per batch in the whole-weight modes")
     parser.add_argument("--granularity", default="channel", help="channel | tensor")
     parser.add_argument("--ablation-bits", type=int, default=4, help="bit-width of the ablation rows")
     parser.add_argument("--paper-grid-bits", default="4,3,2",
@@ -106,7 +108,8 @@ def main() -> None:
 
     for seed in seeds:
         tc = TrainConfig(pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, samples=args.samples, seed=seed,
-                         init_std=args.init_std, prior_std=args.prior_std)  # fmt: skip
+                         init_std=args.init_std, prior_std=args.prior_std, sigma_lr=args.sigma_lr,
+                         draws=args.draws)  # fmt: skip
         net = pretrained_net(net_cfg, train, tc, progress=args.progress)
 
         def plot(name: str, seed: int = seed) -> Path | None:
@@ -117,7 +120,7 @@ def main() -> None:
         float_model = QBNN.from_pretrained(net, net_cfg, QuantConfig("float"), tc.prior_std, tc.init_std)
         stats = train_qbnn(
             float_model, train.images, train.labels, epochs=tc.epochs, lr=tc.lr, batch_size=tc.batch_size,
-            kl_anneal=tc.kl_anneal, seed=seed, progress=args.progress,
+            kl_anneal=tc.kl_anneal, seed=seed, draws=tc.draws, sigma_lr=tc.sigma_lr, progress=args.progress,
         )  # fmt: skip
         head = {"arch": args.arch, "activation": "softplus", "seed": seed}
         row = evaluate_qbnn(float_model, test, tc, plot=plot("float"))
@@ -160,7 +163,8 @@ def main() -> None:
     table = markdown_table(rows, group=("study", "arch", "activation", "config"))
     header = (f"QBNN on Dirty-MNIST ({args.arch}, {len(train)} training / {len(test)} test images, ambiguous: "
               f"{test.ambiguous_source}; {args.pretrain_epochs}+{args.epochs} epochs, T={args.samples}, seeds "
-              f"{args.seeds}, {args.granularity} grids; {machine}; total {total / 60:.1f} min)")  # fmt: skip
+              f"{args.seeds}, {args.granularity} grids, σ learning rate {args.sigma_lr or TrainConfig.lr:g}, "
+              f"{args.draws} draw(s) per batch; {machine}; total {total / 60:.1f} min)")  # fmt: skip
     print(f"\n{header}\n\n{table}")
     out = Path(args.out)
     with atomic_file(out, "w") as fh:

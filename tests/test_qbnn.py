@@ -26,7 +26,7 @@ from bayesquant.bnn.qbnn import (
 )
 from bayesquant.bnn.qbnn_io import load_qbnn, save_qbnn
 from bayesquant.bnn.qbnn_run import TrainConfig, markdown_table, ptq_baseline
-from bayesquant.cli_qbnn import _int_list, _quant_config, add_qbnn_parser
+from bayesquant.cli_qbnn import _int_list, _quant_config, _train_config, add_qbnn_parser
 from bayesquant.data.images import load_idx_images
 from bayesquant.errors import UserError
 
@@ -161,6 +161,41 @@ def test_two_stage_training_learns_and_is_seeded(mnist_tiny):
     assert float((probs.argmax(-1) == y).double().mean()) > 0.8  # fits its 600 training images
 
 
+def test_draws_split_the_batch_into_parts_with_a_weight_draw_each_only_in_training():
+    x = torch.rand(1, 1, 28, 28).expand(8, 1, 28, 28)  # the same image eight times
+    model = _model(QuantConfig("jq", weight_sampling=True))
+    layers = model.layers().values()
+    for layer in layers:
+        layer.draws = 4
+    model.train()
+    out = model(x)
+    parts = out.view(4, 2, -1)
+    assert torch.equal(parts[:, 0], parts[:, 1])  # one draw inside a part
+    assert all(not torch.allclose(parts[0, 0], parts[k, 0]) for k in (1, 2, 3))  # another draw for each part
+    model.eval()
+    out = model(x)
+    assert torch.equal(out, out[:1].expand_as(out))  # evaluation: one draw per batch, as before
+
+
+def test_train_sets_draws_for_training_only_and_sigma_lr_moves_sigma_alone(mnist_tiny):
+    x, y = mnist_tiny
+    net = build_net(MLP)
+    start = QBNN.from_pretrained(net, MLP, QuantConfig("jq"), prior_std=0.1, init_std=1e-2)
+    rho0 = {k: p.detach().clone() for k, p in start.named_parameters()}
+    moved = {}
+    for sigma_lr in (1e-12, 1e-2):
+        m = QBNN.from_pretrained(net, MLP, QuantConfig("jq"), prior_std=0.1, init_std=1e-2)
+        train_qbnn(m, x, y, epochs=1, batch_size=100, draws=5, sigma_lr=sigma_lr, progress=False)
+        assert all(layer.draws == 1 for layer in m.layers().values())
+        params = dict(m.named_parameters())
+        moved[sigma_lr] = {k: float((params[k].detach() - rho0[k]).abs().max()) for k in params}
+    for k, d in moved[1e-12].items():
+        if k.endswith("rho"):
+            assert d < 1e-9 < moved[1e-2][k]  # ρ follows its own learning rate ...
+        else:
+            assert d > 1e-4  # ... and μ keeps the common one
+
+
 def test_train_rejects_bad_arguments():
     model = _model(QuantConfig("vpq"))
     with pytest.raises(UserError, match="kl_anneal"):
@@ -171,6 +206,15 @@ def test_train_rejects_bad_arguments():
         QuantConfig("vpq", mu_bits=9)
     with pytest.raises(UserError, match="--epochs"):
         TrainConfig(epochs=-1)
+    x, y = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(UserError, match="sigma_lr=0"):
+        train_qbnn(model, x, y, sigma_lr=0)
+    with pytest.raises(UserError, match=r"draws=9.*batch size \(8\)"):
+        train_qbnn(model, x, y, batch_size=8, draws=9)
+    with pytest.raises(UserError, match="--sigma-lr"):
+        TrainConfig(sigma_lr=-1.0)
+    with pytest.raises(UserError, match="--draws 200: at most --batch-size"):
+        TrainConfig(draws=200)
 
 
 # ---------------------------------------------------------------- uncertainty
@@ -273,6 +317,9 @@ def test_cli_parser_and_errors():
         _int_list("9,4", "--bits-list", 1, 8)
     with pytest.raises(UserError, match="--sample-bits 0"):
         _quant_config(parser.parse_args(["qbnn", "train", "--sample-bits", "0"]))
+    tc = _train_config(parser.parse_args(["qbnn", "train", "--sigma-lr", "0.01", "--draws", "4"]))
+    assert (tc.sigma_lr, tc.draws) == (0.01, 4)
+    assert _train_config(parser.parse_args(["qbnn", "train"])).sigma_lr is None
 
 
 def test_markdown_table_pools_seeds():

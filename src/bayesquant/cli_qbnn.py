@@ -73,7 +73,7 @@ def _train_config(args: argparse.Namespace, seed: int | None = None) -> Any:
     return TrainConfig(
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr=args.lr, pretrain_lr=args.pretrain_lr,
         batch_size=args.batch_size, prior_std=args.prior_std, init_std=args.init_std, kl_anneal=args.kl_anneal,
-        samples=args.samples, seed=args.seed if seed is None else seed,
+        samples=args.samples, seed=args.seed if seed is None else seed, sigma_lr=args.sigma_lr, draws=args.draws,
     )  # fmt: skip
 
 
@@ -178,6 +178,8 @@ def add_qbnn_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--pretrain-epochs", type=int, default=5, help="stage 1: deterministic epochs")
     g.add_argument("--epochs", type=int, default=5, help="stage 2: quantized BNN epochs")
     g.add_argument("--lr", type=float, default=1e-3, help="stage 2 Adam learning rate (cosine decay)")
+    g.add_argument("--sigma-lr", type=float, help="stage 2 learning rate of σ (default: --lr)")
+    g.add_argument("--draws", type=int, default=1, help="stage 2: weight draws per batch (spq, jq, --weight-sampling)")
     g.add_argument("--pretrain-lr", type=float, default=1e-3, help="stage 1 Adam learning rate")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--prior-std", type=float, default=0.1, help="prior N(0, p²) on every weight")

@@ -307,6 +307,7 @@ class QBayesLayer(BayesLayer):
     quant: QuantConfig
     mu_hat: Tensor | None
     sigma_hat: Tensor | None
+    draws: int = 1  # whole-weight draws per training batch (set by `train_qbnn`); one at evaluation
 
     def _init_quant(self, quant: QuantConfig) -> None:
         self.quant = quant
@@ -340,11 +341,16 @@ class QBayesLayer(BayesLayer):
         if not self.sample:  # the network at its (quantized) mean
             return self._op(x, self._quant_sample(mu) if self.quant.mode.spq else mu, self.bias)
         if self.quant.mode.spq or self.quant.weight_sampling:  # SPQ: draw the weights (then quantize them)
-            w = self._clip(mu + sigma * torch.randn_like(mu))
-            return self._op(x, self._quant_sample(w) if self.quant.mode.spq else w, self.bias)
+            parts = x.chunk(self.draws) if self.training and self.draws > 1 else (x,)
+            return torch.cat([self._drawn(part, mu, sigma) for part in parts])
         mean = self._op(x, mu, self.bias)  # local reparameterization (Kingma et al. 2015, eq. 6)
         var = self._op(x.square(), sigma.square(), None)
         return mean + torch.sqrt(var + _VAR_EPS) * torch.randn_like(mean)
+
+    def _drawn(self, x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+        """The layer at one draw of whole weights (quantized in SPQ / JQ) for every row of `x`."""
+        w = self._clip(mu + sigma * torch.randn_like(mu))
+        return self._op(x, self._quant_sample(w) if self.quant.mode.spq else w, self.bias)
 
     def freeze(self, mu_hat: Tensor, sigma_hat: Tensor) -> None:
         self.mu_hat, self.sigma_hat = mu_hat.detach().to(self.mu), sigma_hat.detach().to(self.mu)
@@ -483,9 +489,17 @@ def pretrain(
 
 def train_qbnn(
     model: QBNN, x: Tensor, y: Tensor, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 128,
-    kl_anneal: float = 0.5, cosine: bool = True, seed: int = 0, progress: bool = True,
+    kl_anneal: float = 0.5, cosine: bool = True, seed: int = 0, draws: int = 1, sigma_lr: float | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:  # fmt: skip
     """Stage 2: quantization-aware BNN training (negative ELBO / N with KL annealing, Adam, cosine learning rate).
+
+    sigma_lr: Adam's learning rate for the ρ of σ = softplus(ρ) (None: `lr`). Where whole weight matrices are
+    drawn (SPQ, JQ, `weight_sampling`) the gradient of σ is far noisier than under the local reparameterization
+    (Kingma et al. 2015, §2.3), Adam's steps on ρ shrink, and in a short schedule σ barely leaves its initial
+    value; a larger `sigma_lr` compensates. draws: where whole weight matrices are drawn, each batch is split
+    into `draws` equal parts with a weight draw of their own (one draw per example is what the local
+    reparameterization emulates); the local reparameterization itself ignores it.
 
     β rises linearly from 0 to 1 over the first `kl_anneal` fraction of the steps. The weight noise and the
     batch order are seeded by `seed` (the global RNG is restored afterwards). Returns {"loss", "nll", "kl",
@@ -494,11 +508,19 @@ def train_qbnn(
     _check_epochs(epochs)
     if not 0 <= kl_anneal <= 1:
         raise UserError(f"kl_anneal={kl_anneal!r}: must be a fraction of the steps in [0, 1]")
+    if sigma_lr is not None and not (isinstance(sigma_lr, int | float) and math.isfinite(sigma_lr) and sigma_lr > 0):
+        raise UserError(f"sigma_lr={sigma_lr!r}: must be a positive number (or None: the same as lr)")
+    if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= batch_size:
+        raise UserError(f"draws={draws!r}: must be an integer from 1 to the batch size ({batch_size})")
     model.unfreeze()
+    for layer in model.layers().values():
+        layer.draws = draws
     n = len(y)
     total = max(1, epochs * math.ceil(n / batch_size))
     anneal = kl_anneal * total
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rho = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "rho"]
+    rest = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] != "rho"]
+    opt = torch.optim.Adam([{"params": rest}, {"params": rho, "lr": sigma_lr or lr}], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)) if cosine else 1.0
     )
@@ -533,6 +555,8 @@ def train_qbnn(
     finally:
         bar.close()
         model.eval()
+        for layer in model.layers().values():
+            layer.draws = 1
     seconds = time.perf_counter() - start
     return {"loss": float(loss.detach()), "nll": float(nll.detach()), "kl": float(kl.detach()), "seconds": seconds,
             "seconds_per_epoch": seconds / max(epochs, 1), "steps": step}  # fmt: skip

@@ -62,7 +62,9 @@ __all__ = [
 @dataclass(frozen=True)
 class TrainConfig:
     """Both training stages and the evaluation: epochs, Adam learning rates, batch size, prior N(0, prior_std²),
-    initial σ, KL-annealing fraction, Monte-Carlo samples T, seed (pretraining init, batch order, weight noise)."""
+    initial σ, KL-annealing fraction, Monte-Carlo samples T, seed (pretraining init, batch order, weight noise);
+    stage 2's learning rate of σ (`sigma_lr`, None: `lr`) and weight draws per batch (`draws`, whole-weight modes),
+    see `train_qbnn`."""
 
     pretrain_epochs: int = 5
     epochs: int = 5
@@ -74,22 +76,28 @@ class TrainConfig:
     kl_anneal: float = 0.5
     samples: int = 32
     seed: int = 0
+    sigma_lr: float | None = None
+    draws: int = 1
 
     def __post_init__(self) -> None:
         for name in ("pretrain_epochs", "epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise UserError(f"--{name.replace('_', '-')} {v!r}: must be a non-negative integer")
-        for name in ("batch_size", "samples"):
+        for name in ("batch_size", "samples", "draws"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UserError(f"--{name.replace('_', '-')} {v!r}: must be a positive integer")
-        for name in ("lr", "pretrain_lr", "prior_std", "init_std"):
+        for name in ("lr", "pretrain_lr", "prior_std", "init_std", "sigma_lr"):
             v = getattr(self, name)
+            if v is None and name == "sigma_lr":
+                continue
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise UserError(f"--{name.replace('_', '-')} {v!r}: must be a positive number")
         if not 0 <= self.kl_anneal <= 1:
             raise UserError(f"--kl-anneal {self.kl_anneal!r}: must be a fraction of the steps in [0, 1]")
+        if self.draws > self.batch_size:
+            raise UserError(f"--draws {self.draws}: at most --batch-size ({self.batch_size}) draws per batch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,7 +163,8 @@ def run_config(
     net = pretrained if pretrained is not None else pretrained_net(net_cfg, train, tc, progress)
     model = QBNN.from_pretrained(net, net_cfg, quant, prior_std=tc.prior_std, init_std=tc.init_std)
     stats = train_qbnn(model, train.images, train.labels, epochs=tc.epochs, lr=tc.lr, batch_size=tc.batch_size,
-                       kl_anneal=tc.kl_anneal, seed=tc.seed, progress=progress)  # fmt: skip
+                       kl_anneal=tc.kl_anneal, seed=tc.seed, draws=tc.draws, sigma_lr=tc.sigma_lr,
+                       progress=progress)  # fmt: skip
     extra = {"train": tc.to_dict(), "stats": stats}
     row = evaluate_qbnn(model, test, tc, out=out, plot=plot, overwrite=overwrite, extra=extra)
     head = {"arch": net_cfg.arch.value, "activation": net_cfg.activation.value, "config": quant.label(),
