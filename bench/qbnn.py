@@ -77,7 +77,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="Monte-Carlo samples T")
     parser.add_argument("--init-std", type=float, default=TrainConfig.init_std)
     parser.add_argument("--prior-std", type=float, default=TrainConfig.prior_std)
-    parser.add_argument("--sigma-lr", type=float, help="stage-2 learning rate of σ (default: the learning rate)")
+    parser.add_argument("--sigma-lr", type=float, default=TrainConfig.sigma_lr,
+                        help="stage-2 learning rate of σ (the learning rate, 1e-3, trains σ like μ)")  # fmt: skip
     parser.add_argument("--draws", type=int, default=1, help="weight draws per batch in the whole-weight modes")
     parser.add_argument("--granularity", default="channel", help="channel | tensor")
     parser.add_argument("--ablation-bits", type=int, default=4, help="bit-width of the ablation rows")
@@ -163,7 +164,8 @@ def main() -> None:
     table = markdown_table(rows, group=("study", "arch", "activation", "config"))
     header = (f"QBNN on Dirty-MNIST ({args.arch}, {len(train)} training / {len(test)} test images, ambiguous: "
               f"{test.ambiguous_source}; {args.pretrain_epochs}+{args.epochs} epochs, T={args.samples}, seeds "
-              f"{args.seeds}, {args.granularity} grids, σ learning rate {args.sigma_lr or TrainConfig.lr:g}, "
+              f"{args.seeds}, {args.granularity} grids, prior N(0, {args.prior_std:g}²), σ learning rate "
+              f"{args.sigma_lr or TrainConfig.lr:g}, "
               f"{args.draws} draw(s) per batch; {machine}; total {total / 60:.1f} min)")  # fmt: skip
     print(f"\n{header}\n\n{table}")
     out = Path(args.out)

@@ -319,7 +319,8 @@ def test_cli_parser_and_errors():
         _quant_config(parser.parse_args(["qbnn", "train", "--sample-bits", "0"]))
     tc = _train_config(parser.parse_args(["qbnn", "train", "--sigma-lr", "0.01", "--draws", "4"]))
     assert (tc.sigma_lr, tc.draws) == (0.01, 4)
-    assert _train_config(parser.parse_args(["qbnn", "train"])).sigma_lr is None
+    assert _train_config(parser.parse_args(["qbnn", "train"])) == TrainConfig()  # one set of defaults
+    assert (TrainConfig().prior_std, TrainConfig().sigma_lr) == (0.2, 1e-2)  # the recipe of docs/results.md
 
 
 def test_markdown_table_pools_seeds():

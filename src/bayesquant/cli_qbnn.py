@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bayesquant.config import TrainConfig
 from bayesquant.errors import UserError
 from bayesquant.paths import atomic_file
 
@@ -68,8 +69,6 @@ def _quant_config(args: argparse.Namespace, mode: str | None = None) -> Any:
 
 
 def _train_config(args: argparse.Namespace, seed: int | None = None) -> Any:
-    from bayesquant.bnn.qbnn_run import TrainConfig
-
     return TrainConfig(
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr=args.lr, pretrain_lr=args.pretrain_lr,
         batch_size=args.batch_size, prior_std=args.prior_std, init_std=args.init_std, kl_anneal=args.kl_anneal,
@@ -175,18 +174,28 @@ def add_qbnn_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--fixed-range", action="store_true",
                    help="the paper's grids: μ and samples on 2^b levels over [−c, c], one per tensor")  # fmt: skip
     g = p.add_argument_group("training and evaluation")
-    g.add_argument("--pretrain-epochs", type=int, default=5, help="stage 1: deterministic epochs")
-    g.add_argument("--epochs", type=int, default=5, help="stage 2: quantized BNN epochs")
-    g.add_argument("--lr", type=float, default=1e-3, help="stage 2 Adam learning rate (cosine decay)")
-    g.add_argument("--sigma-lr", type=float, help="stage 2 learning rate of σ (default: --lr)")
-    g.add_argument("--draws", type=int, default=1, help="stage 2: weight draws per batch (spq, jq, --weight-sampling)")
-    g.add_argument("--pretrain-lr", type=float, default=1e-3, help="stage 1 Adam learning rate")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--prior-std", type=float, default=0.1, help="prior N(0, p²) on every weight")
-    g.add_argument("--init-std", type=float, default=0.02, help="initial σ of every weight")
-    g.add_argument("--kl-anneal", type=float, default=0.5, help="fraction of stage-2 steps over which β rises to 1")
-    g.add_argument("--samples", type=int, default=32, help="Monte-Carlo samples T at evaluation")
-    g.add_argument("--seed", type=int, default=0)
+    tc = TrainConfig()
+    g.add_argument("--pretrain-epochs", type=int, default=tc.pretrain_epochs, help="stage 1: deterministic epochs")
+    g.add_argument("--epochs", type=int, default=tc.epochs, help="stage 2: quantized BNN epochs")
+    g.add_argument("--lr", type=float, default=tc.lr, help="stage 2 Adam learning rate (cosine decay)")
+    g.add_argument(
+        "--sigma-lr",
+        type=float,
+        default=tc.sigma_lr,
+        help=f"stage 2 learning rate of σ (default {tc.sigma_lr:g}; the value of --lr trains σ like μ)",
+    )
+    g.add_argument(
+        "--draws", type=int, default=tc.draws, help="stage 2: weight draws per batch (spq, jq, --weight-sampling)"
+    )
+    g.add_argument("--pretrain-lr", type=float, default=tc.pretrain_lr, help="stage 1 Adam learning rate")
+    g.add_argument("--batch-size", type=int, default=tc.batch_size)
+    g.add_argument("--prior-std", type=float, default=tc.prior_std, help="prior N(0, p²) on every weight")
+    g.add_argument("--init-std", type=float, default=tc.init_std, help="initial σ of every weight")
+    g.add_argument(
+        "--kl-anneal", type=float, default=tc.kl_anneal, help="fraction of stage-2 steps over which β rises to 1"
+    )
+    g.add_argument("--samples", type=int, default=tc.samples, help="Monte-Carlo samples T at evaluation")
+    g.add_argument("--seed", type=int, default=tc.seed)
     g = p.add_argument_group("data and outputs")
     g.add_argument("--ambiguous", help="directory of the original amnist_samples.pt / amnist_labels.pt "
                    "(default: the generated, cached Ambiguous-MNIST)")  # fmt: skip

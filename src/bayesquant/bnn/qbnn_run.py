@@ -15,11 +15,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +39,8 @@ from bayesquant.bnn.qbnn import (
     uncertainty_report,
 )
 from bayesquant.bnn.qbnn_io import save_qbnn
+from bayesquant.config import TrainConfig
 from bayesquant.data.dirty_mnist import AmbiguousMNIST, DirtyMNIST, load_dirty_mnist
-from bayesquant.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -57,50 +55,6 @@ __all__ = [
     "run_config",
     "sweep",
 ]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Both training stages and the evaluation: epochs, Adam learning rates, batch size, prior N(0, prior_std²),
-    initial σ, KL-annealing fraction, Monte-Carlo samples T, seed (pretraining init, batch order, weight noise);
-    stage 2's learning rate of σ (`sigma_lr`, None: `lr`) and weight draws per batch (`draws`, whole-weight modes),
-    see `train_qbnn`."""
-
-    pretrain_epochs: int = 5
-    epochs: int = 5
-    lr: float = 1e-3
-    pretrain_lr: float = 1e-3
-    batch_size: int = 128
-    prior_std: float = 0.1
-    init_std: float = 0.02
-    kl_anneal: float = 0.5
-    samples: int = 32
-    seed: int = 0
-    sigma_lr: float | None = None
-    draws: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("pretrain_epochs", "epochs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise UserError(f"--{name.replace('_', '-')} {v!r}: must be a non-negative integer")
-        for name in ("batch_size", "samples", "draws"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UserError(f"--{name.replace('_', '-')} {v!r}: must be a positive integer")
-        for name in ("lr", "pretrain_lr", "prior_std", "init_std", "sigma_lr"):
-            v = getattr(self, name)
-            if v is None and name == "sigma_lr":
-                continue
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise UserError(f"--{name.replace('_', '-')} {v!r}: must be a positive number")
-        if not 0 <= self.kl_anneal <= 1:
-            raise UserError(f"--kl-anneal {self.kl_anneal!r}: must be a fraction of the steps in [0, 1]")
-        if self.draws > self.batch_size:
-            raise UserError(f"--draws {self.draws}: at most --batch-size ({self.batch_size}) draws per batch")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def load_data(
