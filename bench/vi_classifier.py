@@ -6,7 +6,9 @@ used for the final numbers). That selection is only unbiased when the determinis
 held-out images: the reference nets of the zoo are trained on the whole training split, so for them --val
 scores on images the initial weights were fitted to — unless --retrain, which first retrains the deterministic
 net with the zoo's own recipe on the kept images only (and reports that net as the deterministic row), so
-the held-out images are unseen by both. Prints a markdown table, writes JSON and the posterior.
+the held-out images are unseen by both. Prints a markdown table and a paired bootstrap of the VI − deterministic
+ECE and NLL over the test images (is the difference larger than the test set's noise?), writes JSON and the
+posterior.
 
     .venv/bin/python bench/vi_classifier.py --model lenet5-mnist --epochs 5 --samples 16 --val 10000
     .venv/bin/python bench/vi_classifier.py --model lenet5-mnist --epochs 5 --samples 16 --val 10000 --retrain
@@ -25,7 +27,7 @@ import torch
 
 from bayesquant.data import load_dataset
 from bayesquant.data.calibration import Batches
-from bayesquant.eval import evaluate
+from bayesquant.eval import evaluate, predict_probs
 from bayesquant.eval import metrics as M
 from bayesquant.models import load_model
 from bayesquant.paths import atomic_file
@@ -50,6 +52,7 @@ def main() -> None:
         action="store_true",
         help="with --val: retrain the deterministic net on the kept images first (zoo recipe)",
     )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples of the test set")
     parser.add_argument("--out", default=None, help="JSON (default bench/out/vi-MODEL.json)")
     args = parser.parse_args()
     test = TEST[args.model]
@@ -85,6 +88,7 @@ def main() -> None:
             return load_model(args.model)
 
     det = evaluate(loaded, test)
+    det_model = copy.deepcopy(loaded)  # VI turns loaded.module's layers Bayesian in place
     x, y = data.images[fit_idx], data.labels[fit_idx]
     bs = args.batch_size
     batches = Batches([(x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)], shuffle=True, seed=args.seed)
@@ -114,7 +118,16 @@ def main() -> None:
         fresh = fresh_model()
         fresh.module = bayesian_from_posterior(fresh.module, chosen, fresh.family)
         loaded = fresh
+    torch.manual_seed(args.seed)
     bayes = evaluate(loaded, test, samples=args.samples)
+    # paired bootstrap over the test images: is the ECE / NLL difference larger than the test set's noise?
+    test_data = load_dataset(test)
+    torch.manual_seed(args.seed)  # the same weight draws as the evaluation above
+    probs_vi = predict_probs(loaded, test_data, args.samples).mean(0)
+    probs_det = predict_probs(det_model, test_data, 1)[0]
+    paired = {name: M.paired_bootstrap(fn, probs_vi, probs_det, test_data.labels, resamples=args.bootstrap,
+                                       seed=args.seed)
+              for name, fn in (("ece", M.ece), ("nll", M.nll))}  # fmt: skip
     out = Path(args.out or f"bench/out/vi-{args.model}.json")
     final_post = best["posterior"] if args.val else vi.posterior
     post_path = final_post.save(out.with_suffix(".posterior.safetensors"))
@@ -138,12 +151,20 @@ def main() -> None:
             f"| {name} | {r['samples']} | {100 * r['accuracy']:.2f}% | {r['nll']:.4f} | {r['ece']:.4f} "
             f"| {r['brier']:.4f} | {r['mutual_information']:.4f} | {t} |"
         )
+    lines.append("")
+    for name, r in paired.items():
+        lines.append(
+            f"VI − deterministic {name.upper()}: {r['difference']:+.4f} (95% paired-bootstrap interval "
+            f"[{r['low']:+.4f}, {r['high']:+.4f}], {args.bootstrap} resamples; VI lower in "
+            f"{100 * r['fraction_below_zero']:.1f}% of them)"
+        )
     print("\n".join(lines))
     print(informativeness_table(final_post))
     with atomic_file(out, "w") as fh:
         json.dump({"machine": machine, "args": vars(args), "deterministic": det, "vi": bayes,
                    "train_seconds": train_seconds, "retrain_seconds": retrain_seconds, "posterior": str(post_path),
-                   "validation": history, "layers": final_post.summary()}, fh, indent=2, default=str)  # fmt: skip
+                   "validation": history, "paired_bootstrap": paired, "layers": final_post.summary()},
+                  fh, indent=2, default=str)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -73,3 +73,23 @@ def test_agreement_and_kl(probs_labels):
 
 def test_perplexity():
     assert M.perplexity(math.log(29.2)) == pytest.approx(29.2)
+
+
+def test_paired_bootstrap_brackets_the_difference_and_cancels_shared_noise(probs_labels):
+    probs, labels = probs_labels
+    same = M.paired_bootstrap(M.ece, probs, probs.clone(), labels, resamples=200)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "fraction_below_zero": 0.0}
+    # a model that always puts 0.9 on the right class beats one at 0.6 on every resample
+    onehot = torch.nn.functional.one_hot(labels, 4).double()
+    sharp, soft = 0.9 * onehot + 0.1 / 4, 0.6 * onehot + 0.4 / 4
+    r = M.paired_bootstrap(M.nll, sharp, soft, labels, resamples=200)
+    assert r["difference"] == pytest.approx(M.nll(sharp, labels) - M.nll(soft, labels))
+    assert r["low"] <= r["difference"] <= r["high"] < 0
+    assert r["fraction_below_zero"] == 1.0
+    # a noisy comparison gives an interval around the difference that contains it and has width
+    r = M.paired_bootstrap(M.ece, probs, probs.roll(1, 0), labels, resamples=300, seed=3)
+    assert r["low"] < r["difference"] < r["high"]
+    again = M.paired_bootstrap(M.ece, probs, probs.roll(1, 0), labels, resamples=300, seed=3)
+    assert again == r
+    with pytest.raises(ValueError, match="same examples"):
+        M.paired_bootstrap(M.ece, probs, probs[:10], labels)

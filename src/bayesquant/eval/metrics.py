@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -86,6 +87,35 @@ def kl_divergence(ref_probs: torch.Tensor, probs: torch.Tensor) -> float:
     """Mean KL(reference ‖ model) in nats."""
     r, p = _f64(ref_probs), _f64(probs)
     return float((r * (r.clamp_min(_EPS).log() - p.clamp_min(_EPS).log())).sum(-1).mean())
+
+
+def paired_bootstrap(
+    metric: Callable[[torch.Tensor, torch.Tensor], float],
+    probs_a: torch.Tensor,
+    probs_b: torch.Tensor,
+    labels: torch.Tensor,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """metric(a) − metric(b) on the same examples, with a percentile confidence interval from `resamples`
+    bootstrap draws of the examples (the same draw for both models, so their shared noise cancels).
+    Returns {"difference", "low", "high", "fraction_below_zero"}."""
+    if probs_a.shape != probs_b.shape or probs_a.shape[0] != labels.shape[0]:
+        raise ValueError(f"paired_bootstrap: shapes {tuple(probs_a.shape)}, {tuple(probs_b.shape)} and "
+                         f"labels {tuple(labels.shape)} must describe the same examples")  # fmt: skip
+    if resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"paired_bootstrap: resamples={resamples} must be ≥ 1 and level={level} in (0, 1)")
+    gen = torch.Generator().manual_seed(seed)
+    n = labels.shape[0]
+    diffs = torch.empty(resamples, dtype=torch.float64)
+    for i in range(resamples):
+        idx = torch.randint(n, (n,), generator=gen)
+        diffs[i] = metric(probs_a[idx], labels[idx]) - metric(probs_b[idx], labels[idx])
+    tail = (1 - level) / 2
+    low, high = torch.quantile(diffs, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return {"difference": metric(probs_a, labels) - metric(probs_b, labels), "low": low, "high": high,
+            "fraction_below_zero": float((diffs < 0).double().mean())}  # fmt: skip
 
 
 def perplexity(mean_nll: float) -> float:
