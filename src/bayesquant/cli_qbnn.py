@@ -189,7 +189,12 @@ def add_qbnn_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     g.add_argument("--pretrain-lr", type=float, default=tc.pretrain_lr, help="stage 1 Adam learning rate")
     g.add_argument("--batch-size", type=int, default=tc.batch_size)
-    g.add_argument("--prior-std", type=float, default=tc.prior_std, help="prior N(0, p²) on every weight")
+    g.add_argument(
+        "--prior-std",
+        type=float,
+        default=tc.prior_std,
+        help=f"prior N(0, p²) on every weight (default {tc.prior_std:g})",
+    )
     g.add_argument("--init-std", type=float, default=tc.init_std, help="initial σ of every weight")
     g.add_argument(
         "--kl-anneal", type=float, default=tc.kl_anneal, help="fraction of stage-2 steps over which β rises to 1"
