@@ -2,7 +2,8 @@
 post-training baseline (per-tensor symmetric 8-bit uniform μ and σ of the float BNN, no retraining) and two
 ablations at --ablation-bits (σ quantizer log → uniform; SoftPlus → ReLU). Seeds are pooled (mean ± std).
 Prints a markdown table, writes JSON, one scatter plot (softmax entropy vs mutual information) per
-configuration of the first seed, and a summary plot of accuracy and both AUROCs against the bit-width.
+configuration of the first seed, a summary plot of accuracy and both AUROCs against the bit-width and a bar
+plot of the ablations next to the baseline (`--replot JSON` redraws both from a finished run).
 
     .venv/bin/python bench/qbnn.py --seeds 0,1,2 --pretrain-epochs 3 --epochs 3 --samples 16
     .venv/bin/python bench/qbnn.py --seeds 0 --bits 4 --modes jq --epochs 1 --max-per-source 5000   # smoke run
@@ -66,6 +67,57 @@ def _summary_plot(rows: list[dict], path: Path) -> None:
     save_png(fig, path)
 
 
+def _ablation_plot(rows: list[dict], path: Path, bits: int) -> None:
+    """Bars (mean ± std over seeds) of accuracy and both AUROCs for the 4-bit ablations and the post-training
+    baseline, next to the float BNNs and VPQ / JQ at 8 and `bits` bits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def pick(study: str, activation: str, config: str) -> list[dict]:
+        return [r for r in rows if (r.get("study"), r["activation"], r["config"]) == (study, activation, config)]
+
+    jq = f"jq-{bits}/{bits}/{bits}"
+    bars = [  # (label, rows)
+        ("float", pick("sweep", "softplus", "float")),
+        ("float-ws", pick("sweep", "softplus", "float-ws")),
+        ("PTQ-8 μ,σ\n(baseline)", pick("baseline", "softplus", "ptq-8 (tensor, symmetric)")),
+        ("VPQ-8", pick("sweep", "softplus", "vpq-8/8")),
+        (f"VPQ-{bits}", pick("sweep", "softplus", f"vpq-{bits}/{bits}")),
+        ("JQ-8", pick("sweep", "softplus", "jq-8/8/8")),
+        (f"JQ-{bits}\nlog σ", pick("sweep", "softplus", jq)),
+        (f"JQ-{bits}\nuniform σ", pick("ablation", "softplus", f"{jq} σ uniform")),
+        ("float\nReLU", pick("ablation", "relu", "float")),
+        (f"JQ-{bits}\nReLU", pick("ablation", "relu", jq)),
+    ]
+    bars = [(label, sel) for label, sel in bars if sel]
+    metrics = ("accuracy", "auroc_aleatoric", "auroc_epistemic")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    colours = ["tab:gray" if "float" in label else "tab:red" if "PTQ" in label else "tab:green" for label, _ in bars]
+    for ax, m in zip(axes, metrics, strict=True):
+        means, stds = [], []
+        for _, sel in bars:
+            vals = torch.tensor([r[m] for r in sel], dtype=torch.float64)
+            means.append(float(vals.mean()))
+            stds.append(float(vals.std()) if len(vals) > 1 else 0.0)
+        ax.bar(range(len(bars)), means, yerr=stds, color=colours, capsize=3)
+        low = min(mu - sd for mu, sd in zip(means, stds, strict=True))
+        high = max(mu + sd for mu, sd in zip(means, stds, strict=True))
+        ax.set_ylim(low - 0.25 * (high - low), high + 0.1 * (high - low))
+        ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=7, rotation=60)
+        ax.set_title(m)
+    fig.suptitle(f"ablations at {bits} bits and the post-training baseline (mean ± std over seeds)", fontsize=9)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def _plots(rows: list[dict], plots: Path, arch: str, ablation_bits: int) -> None:
+    _summary_plot(rows, plots / f"{arch}-summary.png")
+    if any(r.get("study") == "ablation" for r in rows):
+        _ablation_plot(rows, plots / f"{arch}-ablations.png", ablation_bits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mlp", help="mlp | lenet")
@@ -90,7 +142,12 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/qbnn.json")
     parser.add_argument("--plots", default="bench/out/qbnn-plots", help="directory of the PNGs")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--replot", metavar="JSON", help="only redraw the summary and ablation plots of a finished run")
     args = parser.parse_args()
+    if args.replot:
+        done = json.loads(Path(args.replot).read_text())
+        _plots(done["rows"], Path(args.plots), done["args"]["arch"], done["args"]["ablation_bits"])
+        return
 
     start = time.perf_counter()
     train, test = load_data(args.ambiguous, max_per_source=args.max_per_source, progress=args.progress)
@@ -174,7 +231,7 @@ def main() -> None:
                   default=str)  # fmt: skip
     with atomic_file(out.with_suffix(".md"), "w") as fh:
         fh.write(f"{header}\n\n{table}\n")
-    _summary_plot(rows, plots / f"{args.arch}-summary.png")
+    _plots(rows, plots, args.arch, args.ablation_bits)
 
 
 if __name__ == "__main__":
