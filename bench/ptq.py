@@ -10,6 +10,13 @@ unquantized model. Flags: `act` (--act-order), `noact` (--no-act-order), `storab
 budget: bayesq, baq), `mse` (--grid mse), `NAME=VALUE` (passed as --NAME VALUE, e.g. rounds=2). Peak RSS is
 that of quantizing and saving (the evaluation's own peak is in the JSON). `--also-data SPEC` evaluates
 every saved model on a second SPEC too (e.g. the off-domain `fortunes:test` for a language model).
+
+`--seeds 0,1,2,3,4` repeats every configuration with each calibration seed (fp32 once) and prints mean ± std;
+`--budgets 3,3.5,4` then compares each method with the best baseline configuration inside every storable
+budget ± 0.1, seed by seed (a classifier's accuracy gaps of a few test examples against the calibration draw):
+
+    .venv/bin/python bench/ptq.py --model digit-cnn --seeds 0,1,2,3,4 --budgets 3,3.5,4 \
+        --configs fp32 gptq:3:0 gptq:3:64 gptq:4:0 bayesq:3:0:storable bayesq:3.5:0:storable bayesq:4:0:storable
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,28 +79,128 @@ def run_config(model: str, config: str, data: str, work: Path, extra: list[str],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--configs", nargs="+", required=True)
+    parser.add_argument("--model")
+    parser.add_argument("--configs", nargs="+")
+    parser.add_argument("--tables", nargs="+", metavar="JSON", help="print the tables of finished runs instead "
+                        "(their rows pooled, e.g. seeds run in parallel processes)")  # fmt: skip
     parser.add_argument("--data", help="evaluation SPEC (default: the model's test split)")
     parser.add_argument("--nsamples", help="calibration samples (default: the model's default)")
     parser.add_argument("--max-windows", help="language models: evaluate the first N windows only")
     parser.add_argument("--also-data", help="a second evaluation SPEC, e.g. fortunes:test (off-domain text)")
     parser.add_argument("--out", help="JSON output (default bench/out/ptq-MODEL.json; the plot next to it)")
+    parser.add_argument("--seeds", help="comma-separated calibration seeds: every configuration once per seed")
+    parser.add_argument("--budgets", help="comma-separated storable budgets: methods against the best baseline")
+    parser.add_argument("--baseline", default="gptq", help="the method the --budgets comparison is against")
     args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else []
+    if args.tables:
+        runs = [json.loads(Path(f).read_text()) for f in args.tables]
+        rows = [r for run in runs for r in run["rows"] if r["label"] != "fp32"]
+        rows = [r for run in runs for r in run["rows"] if r["label"] == "fp32"][:1] + rows  # fp32 once
+        print_tables(rows, runs[0]["model"], budgets, args.baseline, args.also_data)
+        return
+    if not args.model or not args.configs:
+        parser.error("--model and --configs are required (or --tables JSON ... to summarize finished runs)")
     data = args.data or DEFAULT_DATA.get(args.model, "mnist:test")
     extra = ["--nsamples", args.nsamples] if args.nsamples else []
     extra += ["--max-windows", args.max_windows] if args.max_windows else []
     path = Path(args.out or f"bench/out/ptq-{args.model}.json")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for config in args.configs:
-            row = run_config(args.model, config, data, Path(tmp), extra, args.also_data)
-            rows.append({**row, "label": config})
-            with atomic_file(path, "w") as fh:  # after every row: an interrupted run keeps what it measured
-                json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)
+        for seed in seeds:  # seed-major: an interrupted run holds whole seeds
+            for config in args.configs:
+                if config == "fp32" and seed not in (None, seeds[0]):
+                    continue  # no calibration: one row
+                seeded = extra + (["--seed", str(seed)] if seed is not None and config != "fp32" else [])
+                row = run_config(args.model, config, data, Path(tmp), seeded, args.also_data)
+                rows.append({**row, "label": config, "seed": seed})
+                with atomic_file(path, "w") as fh:  # after every row: an interrupted run keeps what it measured
+                    json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)
+    print_tables(rows, args.model, budgets, args.baseline, args.also_data)
     metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
-    print(table(rows, args.model, metric, args.also_data))
     plot(rows, metric, f"{args.model} on {data}", path.with_suffix(".png"))
+
+
+def print_tables(rows: list[dict], model: str, budgets: list[float], baseline: str, also: str | None) -> None:
+    metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
+    if all(r.get("seed") is None for r in rows):
+        print(table(rows, model, metric, also))
+    else:
+        print(seed_table(rows, model, metric))
+    for budget in budgets:
+        print(budget_table(rows, budget, metric, baseline))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def seed_table(rows: list[dict], model: str, metric: str) -> str:
+    """Mean ± std over calibration seeds of every configuration (classifiers: NLL and ECE too)."""
+    keys = [metric] + (["nll", "ece"] if metric == "accuracy" else [])
+    scale = {"accuracy": 100.0}
+    digits = {"accuracy": 2, "perplexity": 2, "nll": 4, "ece": 4}
+    lines = [
+        f"| {model} | seeds | storable bits | " + " | ".join(keys) + " | quantize s |",
+        "|---|---|---|" + "---|" * len(keys) + "---|",
+    ]
+    for label in dict.fromkeys(r["label"] for r in rows):
+        rs = [r for r in rows if r["label"] == label]
+        cells = []
+        for k in keys:
+            m, s = mean_std([scale.get(k, 1.0) * r[k] for r in rs])
+            cells.append(f"{m:.{digits[k]}f} ± {s:.{digits[k]}f}")
+        bits = statistics.fmean(r["storable_bits"] for r in rs)
+        secs = statistics.fmean(r["quantize_seconds"] for r in rs)
+        lines.append(f"| {label} | {len(rs)} | {bits:.3f} | " + " | ".join(cells) + f" | {secs:.0f} |")
+    return "\n".join(lines)
+
+
+def in_budget(rows: list[dict], budget: float) -> list[dict]:
+    return [r for r in rows if r["label"] != "fp32" and abs(r["storable_bits"] - budget) <= 0.1 + 1e-9]
+
+
+def budget_table(rows: list[dict], budget: float, metric: str, baseline: str) -> str:
+    """Every method inside storable `budget` ± 0.1 against the baseline, seed by seed. The baseline's row is
+    its configuration with the best mean over seeds (one fixed configuration); the stricter per-seed best (the
+    best of the baseline's configurations at each seed, which favours the baseline by picking on the test set)
+    is given too. Differences are in points of accuracy (or perplexity), positive = the method is better."""
+    better = (lambda a, b: a - b) if metric == "accuracy" else (lambda a, b: b - a)
+    scale = 100.0 if metric == "accuracy" else 1.0
+    rows = in_budget(rows, budget)
+    seeds = sorted({r["seed"] for r in rows}, key=lambda s: -1 if s is None else s)
+    by_label: dict[str, dict] = {}
+    for r in rows:
+        by_label.setdefault(r["label"], {})[r["seed"]] = r
+    base = {lab: v for lab, v in by_label.items() if lab.split(":")[0] == baseline and len(v) == len(seeds)}
+    title = f"storable {budget:g} ± 0.1"
+    if not base:
+        return f"\n{title}: no {baseline} configuration inside the budget at every seed"
+    sign = 1 if metric == "accuracy" else -1
+    best = max(base, key=lambda lab: sign * statistics.fmean(r[metric] for r in base[lab].values()))
+    per_seed_best = {s: max((v[s][metric] for v in base.values()), key=lambda x: sign * x) for s in seeds}
+    lines = [
+        f"\n{title}: {baseline} row = {best} (best mean of {len(base)} configurations in the bound)",
+        f"| config | storable bits | {metric} mean ± std | − {best}, per seed | mean ± std | ≥ at | "
+        "− per-seed best, mean | ≥ at |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, v in by_label.items():
+        if len(v) != len(seeds):
+            continue
+        vals = [scale * v[s][metric] for s in seeds]
+        d = [scale * better(v[s][metric], base[best][s][metric]) for s in seeds]
+        dp = [scale * better(v[s][metric], per_seed_best[s]) for s in seeds]
+        m, sd = mean_std(vals)
+        dm, dsd = mean_std(d)
+        lines.append(
+            f"| {label} | {statistics.fmean(x['storable_bits'] for x in v.values()):.3f} | {m:.2f} ± {sd:.2f} | "
+            + " / ".join(f"{x:+.2f}" for x in d)
+            + f" | {dm:+.2f} ± {dsd:.2f} | {sum(x >= -1e-9 for x in d)}/{len(d)} | {statistics.fmean(dp):+.2f} | "
+            f"{sum(x >= -1e-9 for x in dp)}/{len(dp)} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], model: str, metric: str, also_data: str | None) -> str:
@@ -124,11 +232,13 @@ def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     scale = 1.0 if metric == "perplexity" else 100.0
     by_method: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["label"] == "fp32":
+    for label in dict.fromkeys(r["label"] for r in rows):  # one point per configuration: the mean over seeds
+        rs = [r for r in rows if r["label"] == label]
+        r = {k: statistics.fmean(x[k] for x in rs) for k in (metric, "storable_bits")}
+        if label == "fp32":
             ax.axhline(scale * r[metric], color="gray", ls="--", lw=1, label="fp32")
         else:
-            by_method.setdefault(r["label"].split(":")[0], []).append(r)
+            by_method.setdefault(label.split(":")[0], []).append(r)
     for method, rs in by_method.items():
         rs = sorted(rs, key=lambda r: r["storable_bits"])
         ax.plot([r["storable_bits"] for r in rs], [scale * r[metric] for r in rs], "o-", label=method)

@@ -1,0 +1,50 @@
+"""The seed and budget summaries of bench/ptq.py, on hand-made rows."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("bench_ptq", Path(__file__).parents[1] / "bench" / "ptq.py")
+ptq = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ptq)
+
+
+def row(label: str, seed: int, acc: float, bits: float) -> dict:
+    return {"label": label, "seed": seed, "accuracy": acc, "storable_bits": bits, "nll": 0.1, "ece": 0.01,
+            "quantize_seconds": 1.0}  # fmt: skip
+
+
+ROWS = [
+    row("fp32", 0, 0.99, 32.0),
+    # two baseline configurations in the 3.0 bound: g-a has the better mean, g-b wins seed 1
+    row("gptq:a", 0, 0.90, 3.04), row("gptq:a", 1, 0.80, 3.04),
+    row("gptq:b", 0, 0.70, 3.09), row("gptq:b", 1, 0.85, 3.09),
+    row("gptq:far", 0, 0.99, 3.20), row("gptq:far", 1, 0.99, 3.20),  # outside 3.0 ± 0.1: never the baseline
+    row("bayesq:3", 0, 0.91, 3.00), row("bayesq:3", 1, 0.82, 3.00),
+]  # fmt: skip
+
+
+def test_budget_table_picks_the_best_mean_baseline_in_the_bound_and_counts_seeds():
+    text = ptq.budget_table(ROWS, 3.0, "accuracy", "gptq")
+    assert "gptq row = gptq:a" in text and "2 configurations" in text
+    line = next(x for x in text.splitlines() if x.startswith("| bayesq:3 "))
+    # against gptq:a: +1.00 and +2.00 points; against the per-seed best (0.90, 0.85): +1.00 and −3.00
+    assert "+1.00 / +2.00" in line and "+1.50 ± 0.71" in line
+    assert line.rstrip(" |").endswith("-1.00 | 1/2")
+    assert "gptq:far" not in text
+
+
+def test_budget_table_for_perplexity_counts_lower_as_better():
+    rows = [{**r, "perplexity": 100 * (1 - r["accuracy"])} for r in ROWS]
+    text = ptq.budget_table(rows, 3.0, "perplexity", "gptq")
+    # perplexities: gptq:a 10 / 20 (mean 15) beats gptq:b 30 / 15 (22.5); bayesq 9 / 18 is 1 and 2 lower
+    assert "gptq row = gptq:a" in text
+    line = next(x for x in text.splitlines() if x.startswith("| bayesq:3 "))
+    assert "+1.00 / +2.00" in line and line.rstrip(" |").endswith("-1.00 | 1/2")
+
+
+def test_seed_table_gives_mean_and_std_per_configuration():
+    text = ptq.seed_table(ROWS, "m", "accuracy")
+    assert "| gptq:b | 2 | 3.090 | 77.50 ± 10.61 |" in text
+    assert "| fp32 | 1 | 32.000 | 99.00 ± 0.00 |" in text
