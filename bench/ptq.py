@@ -91,6 +91,9 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated calibration seeds: every configuration once per seed")
     parser.add_argument("--budgets", help="comma-separated storable budgets: methods against the best baseline")
     parser.add_argument("--baseline", default="gptq", help="the method the --budgets comparison is against")
+    parser.add_argument("--bound", type=float, default=0.1, help="--budgets: half-width of each budget's window")
+    parser.add_argument("--plot", help="PNG of quality against storable bits (default: next to the JSON; with "
+                        "--tables only when given)")  # fmt: skip
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else []
@@ -98,7 +101,10 @@ def main() -> None:
         runs = [json.loads(Path(f).read_text()) for f in args.tables]
         rows = [r for run in runs for r in run["rows"] if r["label"] != "fp32"]
         rows = [r for run in runs for r in run["rows"] if r["label"] == "fp32"][:1] + rows  # fp32 once
-        print_tables(rows, runs[0]["model"], budgets, args.baseline, args.also_data)
+        print_tables(rows, runs[0]["model"], budgets, args.baseline, args.also_data, args.bound)
+        if args.plot:
+            metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
+            plot(rows, metric, f"{runs[0]['model']} on {runs[0]['data']}", Path(args.plot))
         return
     if not args.model or not args.configs:
         parser.error("--model and --configs are required (or --tables JSON ... to summarize finished runs)")
@@ -117,19 +123,21 @@ def main() -> None:
                 rows.append({**row, "label": config, "seed": seed})
                 with atomic_file(path, "w") as fh:  # after every row: an interrupted run keeps what it measured
                     json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)
-    print_tables(rows, args.model, budgets, args.baseline, args.also_data)
+    print_tables(rows, args.model, budgets, args.baseline, args.also_data, args.bound)
     metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
-    plot(rows, metric, f"{args.model} on {data}", path.with_suffix(".png"))
+    plot(rows, metric, f"{args.model} on {data}", Path(args.plot) if args.plot else path.with_suffix(".png"))
 
 
-def print_tables(rows: list[dict], model: str, budgets: list[float], baseline: str, also: str | None) -> None:
+def print_tables(
+    rows: list[dict], model: str, budgets: list[float], baseline: str, also: str | None, bound: float = 0.1
+) -> None:
     metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
     if all(r.get("seed") is None for r in rows):
         print(table(rows, model, metric, also))
     else:
         print(seed_table(rows, model, metric))
     for budget in budgets:
-        print(budget_table(rows, budget, metric, baseline))
+        print(budget_table(rows, budget, metric, baseline, bound))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -157,24 +165,24 @@ def seed_table(rows: list[dict], model: str, metric: str) -> str:
     return "\n".join(lines)
 
 
-def in_budget(rows: list[dict], budget: float) -> list[dict]:
-    return [r for r in rows if r["label"] != "fp32" and abs(r["storable_bits"] - budget) <= 0.1 + 1e-9]
+def in_budget(rows: list[dict], budget: float, bound: float = 0.1) -> list[dict]:
+    return [r for r in rows if r["label"] != "fp32" and abs(r["storable_bits"] - budget) <= bound + 1e-9]
 
 
-def budget_table(rows: list[dict], budget: float, metric: str, baseline: str) -> str:
-    """Every method inside storable `budget` ± 0.1 against the baseline, seed by seed. The baseline's row is
+def budget_table(rows: list[dict], budget: float, metric: str, baseline: str, bound: float = 0.1) -> str:
+    """Every method inside storable `budget` ± `bound` against the baseline, seed by seed. The baseline's row is
     its configuration with the best mean over seeds (one fixed configuration); the stricter per-seed best (the
     best of the baseline's configurations at each seed, which favours the baseline by picking on the test set)
     is given too. Differences are in points of accuracy (or perplexity), positive = the method is better."""
     better = (lambda a, b: a - b) if metric == "accuracy" else (lambda a, b: b - a)
     scale = 100.0 if metric == "accuracy" else 1.0
-    rows = in_budget(rows, budget)
+    rows = in_budget(rows, budget, bound)
     seeds = sorted({r["seed"] for r in rows}, key=lambda s: -1 if s is None else s)
     by_label: dict[str, dict] = {}
     for r in rows:
         by_label.setdefault(r["label"], {})[r["seed"]] = r
     base = {lab: v for lab, v in by_label.items() if lab.split(":")[0] == baseline and len(v) == len(seeds)}
-    title = f"storable {budget:g} ± 0.1"
+    title = f"storable {budget:g} ± {bound:g}"
     if not base:
         return f"\n{title}: no {baseline} configuration inside the budget at every seed"
     sign = 1 if metric == "accuracy" else -1
@@ -223,30 +231,36 @@ def table(rows: list[dict], model: str, metric: str, also_data: str | None) -> s
 
 
 def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:
-    """Quality against storable bits, one marker series per method (fp32 as a horizontal line)."""
+    """Quality against storable bits, one marker series per method (fp32 as a horizontal line). With several
+    seeds each point is a configuration's mean and its bar one standard deviation. A method run at storable
+    budgets (one configuration per budget) is drawn as a line; a baseline's configurations as markers only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     scale = 1.0 if metric == "perplexity" else 100.0
     by_method: dict[str, list[dict]] = {}
     for label in dict.fromkeys(r["label"] for r in rows):  # one point per configuration: the mean over seeds
         rs = [r for r in rows if r["label"] == label]
-        r = {k: statistics.fmean(x[k] for x in rs) for k in (metric, "storable_bits")}
+        m, sd = mean_std([scale * x[metric] for x in rs])
         if label == "fp32":
-            ax.axhline(scale * r[metric], color="gray", ls="--", lw=1, label="fp32")
+            ax.axhline(m, color="gray", ls="--", lw=1, label="fp32")
         else:
-            by_method.setdefault(label.split(":")[0], []).append(r)
+            bits = statistics.fmean(x["storable_bits"] for x in rs)
+            by_method.setdefault(label.split(":")[0], []).append({"label": label, "bits": bits, "m": m, "sd": sd})
     for method, rs in by_method.items():
-        rs = sorted(rs, key=lambda r: r["storable_bits"])
-        ax.plot([r["storable_bits"] for r in rs], [scale * r[metric] for r in rs], "o-", label=method)
+        rs = sorted(rs, key=lambda r: r["bits"])
+        budgets = all(":storable" in r["label"] for r in rs)
+        ax.errorbar([r["bits"] for r in rs], [r["m"] for r in rs], yerr=[r["sd"] for r in rs], marker="o",
+                    ls="-" if budgets else "none", capsize=3, label=method)  # fmt: skip
+    seeds = {r.get("seed") for r in rows if r["label"] != "fp32"}
     if metric == "perplexity":
         ax.set_yscale("log")
     ax.set_xlabel("storable bits per weight")
     ax.set_ylabel(metric if metric == "perplexity" else "accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title + (f" (mean ± std over {len(seeds)} calibration seeds)" if len(seeds) > 1 else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -33,6 +33,8 @@ def test_budget_table_picks_the_best_mean_baseline_in_the_bound_and_counts_seeds
     assert "+1.00 / +2.00" in line and "+1.50 ± 0.71" in line
     assert line.rstrip(" |").endswith("-1.00 | 1/2")
     assert "gptq:far" not in text
+    wide = ptq.budget_table(ROWS, 3.0, "accuracy", "gptq", bound=0.25)  # now gptq:far is in, and the best
+    assert "gptq row = gptq:far" in wide and "3 configurations" in wide and "± 0.25" in wide
 
 
 def test_budget_table_for_perplexity_counts_lower_as_better():
