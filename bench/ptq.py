@@ -103,8 +103,7 @@ def main() -> None:
         rows = [r for run in runs for r in run["rows"] if r["label"] == "fp32"][:1] + rows  # fp32 once
         print_tables(rows, runs[0]["model"], budgets, args.baseline, args.also_data, args.bound)
         if args.plot:
-            metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
-            plot(rows, metric, f"{runs[0]['model']} on {runs[0]['data']}", Path(args.plot))
+            plot(rows, metric_of(rows), f"{runs[0]['model']} on {runs[0]['data']}", Path(args.plot))
         return
     if not args.model or not args.configs:
         parser.error("--model and --configs are required (or --tables JSON ... to summarize finished runs)")
@@ -124,14 +123,17 @@ def main() -> None:
                 with atomic_file(path, "w") as fh:  # after every row: an interrupted run keeps what it measured
                     json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)
     print_tables(rows, args.model, budgets, args.baseline, args.also_data, args.bound)
-    metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
-    plot(rows, metric, f"{args.model} on {data}", Path(args.plot) if args.plot else path.with_suffix(".png"))
+    plot(rows, metric_of(rows), f"{args.model} on {data}", Path(args.plot) if args.plot else path.with_suffix(".png"))
+
+
+def metric_of(rows: list[dict]) -> str:
+    return "perplexity" if "perplexity" in rows[0] else "accuracy"
 
 
 def print_tables(
     rows: list[dict], model: str, budgets: list[float], baseline: str, also: str | None, bound: float = 0.1
 ) -> None:
-    metric = "perplexity" if "perplexity" in rows[0] else "accuracy"
+    metric = metric_of(rows)
     if all(r.get("seed") is None for r in rows):
         print(table(rows, model, metric, also))
     else:
