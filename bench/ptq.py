@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--configs", nargs="+")
     parser.add_argument("--tables", nargs="+", metavar="JSON", help="print the tables of finished runs instead "
-                        "(their rows pooled, e.g. seeds run in parallel processes)")  # fmt: skip
+                        "(their rows pooled, e.g. seeds run in parallel processes; a configuration and seed "
+                        "measured again in a later file replaces the earlier row)")  # fmt: skip
     parser.add_argument("--data", help="evaluation SPEC (default: the model's test split)")
     parser.add_argument("--nsamples", help="calibration samples (default: the model's default)")
     parser.add_argument("--max-windows", help="language models: evaluate the first N windows only")
@@ -99,8 +100,7 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else []
     if args.tables:
         runs = [json.loads(Path(f).read_text()) for f in args.tables]
-        rows = [r for run in runs for r in run["rows"] if r["label"] != "fp32"]
-        rows = [r for run in runs for r in run["rows"] if r["label"] == "fp32"][:1] + rows  # fp32 once
+        rows = pool_rows(runs)
         print_tables(rows, runs[0]["model"], budgets, args.baseline, args.also_data, args.bound)
         if args.plot:
             plot(rows, metric_of(rows), f"{runs[0]['model']} on {runs[0]['data']}", Path(args.plot))
@@ -124,6 +124,20 @@ def main() -> None:
                     json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)
     print_tables(rows, args.model, budgets, args.baseline, args.also_data, args.bound)
     plot(rows, metric_of(rows), f"{args.model} on {data}", Path(args.plot) if args.plot else path.with_suffix(".png"))
+
+
+def pool_rows(runs: list[dict]) -> list[dict]:
+    """The rows of several finished runs, fp32 once: a (configuration, seed) measured again in a later run
+    replaces the earlier row (e.g. methods re-run after a change, pooled with the baselines of a first run)."""
+    pooled: dict[tuple[str, object], dict] = {}
+    for run in runs:
+        for r in run["rows"]:
+            key = ("fp32", None) if r["label"] == "fp32" else (r["label"], r.get("seed"))
+            if key != ("fp32", None) or key not in pooled:
+                pooled.pop(key, None)  # re-inserted last: the pooled order follows the latest runs
+                pooled[key] = r
+    fp32 = [r for key, r in pooled.items() if key == ("fp32", None)]
+    return fp32 + [r for key, r in pooled.items() if key != ("fp32", None)]
 
 
 def metric_of(rows: list[dict]) -> str:

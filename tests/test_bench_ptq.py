@@ -37,6 +37,16 @@ def test_budget_table_picks_the_best_mean_baseline_in_the_bound_and_counts_seeds
     assert "gptq row = gptq:far" in wide and "3 configurations" in wide and "± 0.25" in wide
 
 
+def test_pooled_runs_keep_fp32_once_and_let_a_later_run_replace_a_configuration():
+    first = {"rows": ROWS}
+    again = {"rows": [row("fp32", 1, 0.5, 32.0), row("bayesq:3", 1, 0.95, 2.99), row("baq:3", 0, 0.7, 3.0)]}
+    rows = ptq.pool_rows([first, again])
+    assert [r["label"] for r in rows].count("fp32") == 1 and rows[0]["accuracy"] == 0.99  # the first fp32 row
+    bq = {r["seed"]: r["accuracy"] for r in rows if r["label"] == "bayesq:3"}
+    assert bq == {0: 0.91, 1: 0.95}  # seed 1 replaced, seed 0 kept
+    assert len(rows) == len(ROWS) + 1 and any(r["label"] == "baq:3" for r in rows)
+
+
 def test_budget_table_for_perplexity_counts_lower_as_better():
     rows = [{**r, "perplexity": 100 * (1 - r["accuracy"])} for r in ROWS]
     text = ptq.budget_table(rows, 3.0, "perplexity", "gptq")

@@ -39,7 +39,9 @@ def quantized_lenet() -> nn.Module:
     quantize_module_inplace(model, "features.3", qw)  # mixed widths + permutation + codebook
     fc1 = model.classifier[1]
     quantize_module_inplace(model, "classifier.1", rtn_weight(fc1.weight, [(2, 100, 64), (8, 300, 128)]))
-    quantize_module_inplace(model, "classifier.3", rtn_weight(model.classifier[3].weight, [(5, 120, 7)]))
+    seg_of = (torch.arange(120) % 3 == 0).long()  # 80 columns at 5 bits, 40 at 3, each class in ascending order
+    fc2 = rtn_weight(model.classifier[3].weight, [(5, 80, 7), (3, 40, 120)], torch.argsort(seg_of, stable=True))
+    quantize_module_inplace(model, "classifier.3", fc2)  # a permutation stored as a segment map
     return model  # classifier.5 stays float
 
 
@@ -60,13 +62,16 @@ def test_round_trip_reproduces_outputs_exactly(tmp_path, rebuild):
     with torch.no_grad():
         assert torch.equal(loaded.module(x), model(x))
     meta = loaded.meta
-    assert meta["format"] == "bayesquant-packed" and meta["format_version"] == 1 and meta["key"] == "lenet5-mnist"
+    assert meta["format"] == "bayesquant-packed" and meta["format_version"] == 2 and meta["key"] == "lenet5-mnist"
     assert meta["method"] == "rtn" and meta["plan"] == plan and meta["extra"] == {"seed": 0}
     assert set(meta["modules"]) == {"features.0", "features.3", "classifier.1", "classifier.3"}
     assert meta["file"]["bytes"] == (out / "model.safetensors").stat().st_size
     assert meta["size"] == size_report(out) == size_report(model) == size_report(loaded)
     rows = {r["module"]: r for r in meta["size"]["modules"]}
     assert rows["classifier.1"]["nominal_bits"] == pytest.approx((2 * 100 + 8 * 300) / 400)
+    assert meta["modules"]["classifier.3"]["perm"] == "segments" and meta["modules"]["features.3"]["perm"] is True
+    codes, grids, segmap = (80 * 5 + 40 * 3) * 84 / 8, 84 * (12 + 1) * 4, 120 / 8  # 12 groups of 7, one of 40
+    assert rows["classifier.3"]["bytes"] == codes + grids + segmap
     assert meta["size"]["nominal_bits"] == pytest.approx(
         sum(r["nominal_bits"] * r["n_weights"] for r in rows.values()) / meta["size"]["n_quantized_weights"]
     )
@@ -140,7 +145,7 @@ def test_missing_or_bad_config(saved, tmp_path):
     with pytest.raises(ModelError, match="not valid JSON"):
         load_quantized(saved)
     config.write_text(json.dumps({**good, "format_version": 99}))
-    with pytest.raises(ModelError, match="format_version 99 is not supported"):
+    with pytest.raises(ModelError, match=r"format_version 99 is not supported \(this bayesquant reads 1 and 2\)"):
         load_quantized(saved)
     config.write_text(json.dumps({**good, "format": "gguf"}))
     with pytest.raises(ModelError, match="format 'gguf'"):
@@ -148,6 +153,23 @@ def test_missing_or_bad_config(saved, tmp_path):
     config.write_text(json.dumps({**good, "modules": {"features.9": good["modules"]["features.0"]}}))
     with pytest.raises(ModelError, match=r"'features\.9' does not exist"):
         load_quantized(saved)
+
+
+def test_format_version_1_checkpoints_still_load(tmp_path, rebuild):
+    # version 2 only added the segment map; a version-1 file (int16 permutations only) reads unchanged
+    rebuild["lenet5-mnist"] = lenet_factory
+    model = nets.LeNet5().eval()
+    quantize_module_inplace(
+        model, "features.3", rtn_weight(model.features[3].weight, [(3, 150, 32)], torch.randperm(150))
+    )
+    quantize_module_inplace(model, "classifier.3", rtn_weight(model.classifier[3].weight, [(5, 120, 7)]))
+    out = save_quantized(model, tmp_path / "v1", key="lenet5-mnist", method="rtn")
+    config = json.loads((out / "config.json").read_text())
+    assert [spec["perm"] for spec in config["modules"].values()] == [True, False]
+    (out / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_quantized(out).module(x), model(x))
 
 
 def test_storable_bits_are_measured_from_the_file(tmp_path):

@@ -195,11 +195,15 @@ def test_baq_keeps_its_smallest_round_when_a_layer_cannot_meet_a_storable_budget
     assert trace.spent[trace.kept] == pytest.approx(3 + 32 / 9)  # codes and one scale and zero per row, no perm
 
 
-@pytest.mark.parametrize(("widths", "group_size", "act_order"), [
-    ([3] * 12, None, True), ([3] * 12, 4, True), ([3] * 12, 4, False), ([4] * 6 + [2] * 6, None, False),
-    ([2] * 6 + [4] * 6, None, False), ([2] * 6 + [4] * 6, None, True),
+@pytest.mark.parametrize(("widths", "group_size", "act_order", "stored"), [
+    ([3] * 12, None, True, False), ([3] * 12, 4, True, True), ([3] * 12, 4, False, False),
+    ([4] * 6 + [2] * 6, None, False, False), ([2] * 6 + [4] * 6, None, False, "segments"),
+    ([2] * 6 + [4] * 6, None, True, "segments"), ([2, 3, 4] * 4, None, True, "segments"),
+    ([2] * 6 + [4] * 6, 4, True, True), ([2] * 6 + [4] * 6, 4, False, "segments"),
 ])  # fmt: skip
-def test_stored_bits_count_a_permutation_only_where_one_is_stored(widths, group_size, act_order):
+def test_stored_bits_count_a_permutation_only_where_one_is_stored(widths, group_size, act_order, stored):
+    # act-order with several grids per class keeps the processing order (int16 indices); otherwise each class
+    # is stored in ascending column order and the permutation is a segment map (1 or 2 bits per column here)
     from torch import nn
 
     from bayesquant.nn.layers import QuantLinear
@@ -208,8 +212,13 @@ def test_stored_bits_count_a_permutation_only_where_one_is_stored(widths, group_
     widths = torch.tensor(widths)
     res = gptq_quantize_mixed(W, H, widths, group_size=group_size, act_order=act_order)
     packed = QuantLinear.from_float(nn.Linear(12, 8, bias=False), res.qweight)
+    assert packed.spec()["perm"] == stored
     written = sum(getattr(packed, n).numel() * getattr(packed, n).element_size() for n in packed.quant_tensor_names())
     assert mixed_stored_bits(widths, 8, group_size, act_order=act_order) == 8 * written
+    torch.testing.assert_close(
+        packed.dequantized_weight(), res.qweight.with_stored_grids().dequantize(), rtol=0, atol=0
+    )
+    torch.testing.assert_close(res.qweight.dequantize(), res.dequantized, rtol=0, atol=0)
 
 
 @pytest.mark.integration
@@ -240,6 +249,6 @@ def test_storable_budget_becomes_one_nominal_width_net_of_the_models_grids():
     nominal = storable_to_nominal([(64, 384)], 3.5, 32, codebook=False)
     assert 3.5 - nominal == pytest.approx(overhead / (64 * 384))
     # per-row grids: three per row; a small layer adds its overhead to the model's, shared over all weights
-    big, small = 64 * 3 * 32 + 16 * 384, 32 * 3 * 32 + 16 * 16
+    big, small = 64 * 3 * 32 + 2 * 384, 32 * 3 * 32 + 2 * 16  # a 2-bit segment map per column
     both = storable_to_nominal([(64, 384), (32, 16)], 3.5, None, codebook=False)
     assert both == pytest.approx(3.5 - (big + small) / (64 * 384 + 32 * 16))

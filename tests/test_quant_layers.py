@@ -278,6 +278,36 @@ def test_spec_round_trip_reproduces_module_exactly(kind):
         cls.from_spec({k: v for k, v in spec.items() if k != "segments"})
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_a_segment_sorted_permutation_is_stored_as_a_segment_map(kind):
+    # columns of each width class kept in ascending order: the permutation is implied by each column's class
+    torch.manual_seed(3)
+    float_mod = nn.Linear(40, 6) if kind == "linear" else nn.Conv2d(8, 6, (1, 5))
+    cls = QuantLinear if kind == "linear" else QuantConv2d
+    seg_of = torch.randint(0, 3, (40,))
+    perm = torch.argsort(seg_of, stable=True)
+    parts = [(4, int((seg_of == 0).sum()), 8), (3, int((seg_of == 1).sum()), 40), (2, int((seg_of == 2).sum()), 8)]
+    qw = rtn_weight(float_mod.weight, parts, perm)
+    q = cls.from_float(float_mod, qw)
+    assert q.spec()["perm"] == "segments" and q.perm is None
+    assert q.quant_tensor_names()[-1] == "segmap" and "perm" not in q.state_dict()
+    assert q.segmap.dtype == torch.uint8 and q.segmap.numel() == 10  # 40 columns × 2 bits, not 40 × 16
+    assert torch.equal(q.column_perm(), perm)
+    assert torch.equal(q.dequantized_weight(), qw.with_stored_grids().dequantize())
+    empty = cls.from_spec(json.loads(json.dumps(q.spec())))
+    empty.load_state_dict(q.state_dict(), strict=True)
+    assert torch.equal(empty.dequantized_weight(), q.dequantized_weight())
+    # two columns of one class out of ascending order: the map cannot say so, the indices are stored
+    members = torch.nonzero(seg_of[perm] == 0).flatten()
+    swapped = perm.clone()
+    swapped[members[0]], swapped[members[1]] = perm[members[1]], perm[members[0]]
+    full = cls.from_float(float_mod, rtn_weight(float_mod.weight, parts, swapped))
+    assert full.spec()["perm"] is True and full.perm.dtype == torch.int16 and "segmap" not in full.state_dict()
+    assert torch.equal(full.column_perm(), swapped)
+    with pytest.raises(ValueError, match="perm='sorted': expected false, true or 'segments'"):
+        cls.from_spec({**q.spec(), "perm": "sorted"})
+
+
 def test_wide_layers_store_perm_as_int32():
     assert perm_dtype(32767) == torch.int16 and perm_dtype(32768) == torch.int32
     lin = nn.Linear(32768, 1)

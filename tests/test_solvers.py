@@ -55,6 +55,15 @@ def test_act_order_packs_into_the_format(static_groups):
     assert _output_error(W, res.dequantized, X) < 2 * _output_error(W, plain.dequantized, X)
 
 
+def test_act_order_per_channel_stores_no_permutation():
+    # one grid per row does not depend on the column order: the codes are stored in the original order
+    W, _, H = _layer_problem()
+    res = gptq_quantize(W, H, 3, act_order=True)
+    assert res.qweight.perm is None and res.qweight.segments[0].n_groups == 1
+    torch.testing.assert_close(res.qweight.dequantize(), res.dequantized, atol=0, rtol=0)
+    assert not torch.equal(res.dequantized, gptq_quantize(W, H, 3).dequantized)  # act-order was applied
+
+
 def test_dead_columns_are_zeroed():
     W, X, _ = _layer_problem()
     X[:, 5] = 0

@@ -3,8 +3,8 @@
 A checkpoint is a directory with two files:
 
     model.safetensors   the whole state dict: QuantLinear/QuantConv2d buffers (packed codes, float16 grids,
-                        perm) and every remaining float parameter and buffer; tied tensors stored once
-    config.json         {"format": "bayesquant-packed", "format_version": 1, "key": zoo key, "method", "plan",
+                        perm or segmap) and every remaining float parameter and buffer; tied tensors stored once
+    config.json         {"format": "bayesquant-packed", "format_version": 2, "key": zoo key, "method", "plan",
                         "extra", "modules": {qualified name: spec()}, "file": {"name", "bytes", "sha256"},
                         "size": size report}
 
@@ -12,8 +12,8 @@ Loading rebuilds the zoo model (architecture, tokenizer, task), swaps in empty p
 specs and loads the tensors with safetensors (never pickle), with strict key checking.
 
 Sizes are measured (DESIGN §3): `storable_bits` = bytes of every stored tensor of the quantized modules
-except their bias (codes, scales, zeros, codebooks, perms) × 8 / number of quantized weights, read from the
-safetensors header of the written file.
+except their bias (codes, scales, zeros, codebooks, perms or segment maps) × 8 / number of quantized weights,
+read from the safetensors header of the written file.
 
 >>> path = save_quantized(model, "out/lenet-rtn4", key="lenet5-mnist", method="rtn")  # doctest: +SKIP
 >>> load_quantized(path).meta["size"]["storable_bits"]  # doctest: +SKIP
@@ -53,7 +53,8 @@ __all__ = [
 ]
 
 FORMAT = "bayesquant-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)  # version 2 adds the segment-map permutation (spec "perm": "segments"); 1 is a subset
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 _RECREATE = "re-create it with `bayesquant quantize ... --out DIR`"
@@ -118,10 +119,10 @@ def read_config(directory: str | Path) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise ModelError(f"{path}: format {found!r} is not {FORMAT!r}; {_RECREATE}")
-    if config.get("format_version") != FORMAT_VERSION:
+    if config.get("format_version") not in READS_VERSIONS:
         raise ModelError(
             f"{path}: format_version {config.get('format_version')!r} is not supported "
-            f"(this bayesquant reads {FORMAT_VERSION}); {_RECREATE}"
+            f"(this bayesquant reads {' and '.join(map(str, READS_VERSIONS))}); {_RECREATE}"
         )
     for k, kind in (("key", str), ("modules", dict), ("file", dict)):
         if not isinstance(config.get(k), kind):

@@ -5,8 +5,12 @@ Storage (registered buffers, all in the state dict), per segment s of the `Quant
     scale_{s}    float16 (out, n_groups)           uniform grid, with
     zero_{s}     float16 (out, n_groups)           (in code units)
     codebook_{s} float16 (1 or out, n_groups, 2**bits)   instead of scale/zero for a codebook segment
-and `perm` (int16 when in < 32768, else int32) only when the column permutation is not the identity, plus the
-float32 `bias` parameter. Bits, group sizes and shapes live in the JSON `spec()`, so `from_spec(spec)` builds
+and, only when the column permutation is not the identity, either
+    segmap       uint8   (⌈in·m/8⌉,)   each column's segment, m = ⌈log2 S⌉ bits (≥ 1) for S segments, packed
+when the permutation is the one the map implies (each segment's columns in ascending original order:
+spec "perm" = "segments"), or else
+    perm         int16 (int32 when in ≥ 32768) (in,)   the permutation itself (spec "perm" = true),
+plus the float32 `bias` parameter. Bits, group sizes and shapes live in the JSON `spec()`, so `from_spec(spec)` builds
 an empty module whose state dict then loads.
 
 The forward pass dequantizes on the fly (nothing cached unless `cache_dequantized = True`) and calls
@@ -34,7 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bayesquant.nn.packing import pack_bits, packed_nbytes, unpack_bits
-from bayesquant.nn.qweight import QuantizedWeight, dequantize_segment, unpermute_columns
+from bayesquant.nn.qweight import (
+    QuantizedWeight,
+    dequantize_segment,
+    perm_from_segment_map,
+    segment_map,
+    unpermute_columns,
+)
 
 __all__ = [
     "QuantConv2d",
@@ -42,6 +52,7 @@ __all__ = [
     "QuantModule",
     "SegmentLayout",
     "module_from_spec",
+    "perm_storage",
     "quant_tensor_names",
     "quantize_module_inplace",
     "quantized_modules",
@@ -79,13 +90,37 @@ def perm_dtype(n: int) -> torch.dtype:
     return torch.int16 if n < 2**15 else torch.int32
 
 
+SEGMENTS = "segments"  # spec["perm"] of a permutation stored as a per-column segment map
+
+
+def segment_map_bits(n_segments: int) -> int:
+    """Bits per column of a segment map: ⌈log2 S⌉, at least 1."""
+    return max(1, math.ceil(math.log2(n_segments)))
+
+
+def perm_storage(qw: QuantizedWeight) -> bool | str:
+    """How `qw`'s permutation is stored: False (none), "segments" (a segment map) or True (int16/int32 indices)."""
+    if qw.perm is None:
+        return False
+    if len(qw.segments) <= 256 and segment_map(qw.perm, [seg.n_cols for seg in qw.segments]) is not None:
+        return SEGMENTS
+    return True
+
+
+def _perm_kind(value: Any) -> bool | str:
+    if value is False or value is True or value == SEGMENTS:
+        return value
+    raise ValueError(f"perm={value!r}: expected false, true or {SEGMENTS!r}")
+
+
 def quant_tensor_names(spec: dict) -> list[str]:
     """Names (relative to the module) of the stored quantized tensors of a spec: codes, grids, perm; not bias."""
     names = []
     for s, seg in enumerate(spec["segments"]):
         grids = ("codebook",) if seg.get("codebook_rows", 0) else ("scale", "zero")
         names += [f"qweight_{s}", *(f"{g}_{s}" for g in grids)]
-    return [*names, "perm"] if spec.get("perm") else names
+    kind = _perm_kind(spec.get("perm", False))
+    return [*names, "segmap" if kind == SEGMENTS else "perm"] if kind else names
 
 
 class QuantModule(nn.Module):
@@ -97,7 +132,7 @@ class QuantModule(nn.Module):
         self,
         shape: Sequence[int],
         layouts: Sequence[SegmentLayout],
-        has_perm: bool,
+        has_perm: bool | str,
         has_bias: bool,
         device: torch.device | str | None = None,
     ) -> None:
@@ -119,8 +154,14 @@ class QuantModule(nn.Module):
                 for g in ("scale", "zero"):
                     grid = torch.zeros(out, lay.n_groups, dtype=torch.float16, device=device)
                     self.register_buffer(f"{g}_{s}", grid)
-        perm = torch.arange(cols, dtype=perm_dtype(cols), device=device) if has_perm else None
-        self.register_buffer("perm", perm)
+        self.perm_kind = _perm_kind(has_perm)
+        if self.perm_kind == SEGMENTS:
+            nbytes = packed_nbytes(cols, segment_map_bits(len(self.layouts)))
+            self.register_buffer("segmap", torch.zeros(nbytes, dtype=torch.uint8, device=device))
+            self.register_buffer("perm", None)
+        else:
+            perm = torch.arange(cols, dtype=perm_dtype(cols), device=device) if self.perm_kind else None
+            self.register_buffer("perm", perm)
         self.register_parameter("bias", nn.Parameter(torch.zeros(out, device=device)) if has_bias else None)
         self.cache_dequantized = False  # set True to keep the dequantized weight between calls
         self._cached: Tensor | None = None
@@ -138,7 +179,10 @@ class QuantModule(nn.Module):
                     if not torch.isfinite(half).all():  # |x| > 65504; tiny scales (< 6e-8) flush harmlessly to 0
                         raise ValueError(f"segment {s} {g}: values overflow float16 storage (|x| > 65504)")
                     getattr(self, f"{g}_{s}").copy_(half)
-            if qw.perm is not None:
+            if self.perm_kind == SEGMENTS:
+                seg_of = segment_map(qw.perm, [seg.n_cols for seg in qw.segments])
+                self.segmap.copy_(pack_bits(seg_of, segment_map_bits(len(self.layouts))))
+            elif self.perm_kind:
                 self.perm.copy_(qw.perm)
             if bias is not None:
                 self.bias.copy_(bias.detach().float())
@@ -166,7 +210,7 @@ class QuantModule(nn.Module):
             "type": type(self).__name__,
             "shape": list(self.weight_shape),
             "segments": [asdict(lay) for lay in self.layouts],
-            "perm": self.perm is not None,
+            "perm": self.perm_kind,
             "bias": self.bias is not None,
             **self._extra_spec(),
         }
@@ -187,12 +231,12 @@ class QuantModule(nn.Module):
         try:
             layouts = [SegmentLayout(**seg) for seg in spec["segments"]]
             extra = cls._extra_from_spec(spec)
-            return cls(spec["shape"], layouts, bool(spec["perm"]), bool(spec["bias"]), **extra, device=device)
+            return cls(spec["shape"], layouts, spec["perm"], bool(spec["bias"]), **extra, device=device)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{cls.__name__}.from_spec: malformed spec ({type(exc).__name__}: {exc})") from None
 
     def quant_tensor_names(self) -> list[str]:
-        """Buffers that hold the quantized weight (codes, grids, perm), i.e. everything but the bias."""
+        """Buffers that hold the quantized weight (codes, grids, perm or segmap), i.e. everything but the bias."""
         return quant_tensor_names(self.spec())
 
     # ------------------------------------------------------------------ using
@@ -217,8 +261,15 @@ class QuantModule(nn.Module):
                 scale, zero = getattr(self, f"scale_{s}"), getattr(self, f"zero_{s}")
                 parts.append(dequantize_segment(codes, lay.group_size, scale, zero))
         w = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (out, in), permuted columns
-        w = unpermute_columns(w, self.perm).reshape(self.weight_shape)
+        w = unpermute_columns(w, self.column_perm()).reshape(self.weight_shape)
         return w if dtype is None else w.to(dtype)
+
+    def column_perm(self) -> Tensor | None:
+        """The stored column permutation (None = identity), read from `perm` or rebuilt from `segmap`."""
+        if self.perm_kind != SEGMENTS:
+            return self.perm
+        cols = math.prod(self.weight_shape[1:])
+        return perm_from_segment_map(unpack_bits(self.segmap, segment_map_bits(len(self.layouts)), cols))
 
     def _weight(self, dtype: torch.dtype) -> Tensor:
         if not self.cache_dequantized:
@@ -245,7 +296,7 @@ class QuantModule(nn.Module):
 
     def extra_repr(self) -> str:
         widths = "+".join(f"{lay.n_cols}×{lay.bits}b/g{lay.group_size}" for lay in self.layouts)
-        flags = f"perm={self.perm is not None}, bias={self.bias is not None}"
+        flags = f"perm={self.perm_kind}, bias={self.bias is not None}"
         return f"shape={self.weight_shape}, segments={widths}, {flags}"
 
 
@@ -258,7 +309,7 @@ class QuantLinear(QuantModule):
         self,
         shape: Sequence[int],
         layouts: Sequence[SegmentLayout],
-        has_perm: bool,
+        has_perm: bool | str,
         has_bias: bool,
         device: torch.device | str | None = None,
     ) -> None:
@@ -273,7 +324,7 @@ class QuantLinear(QuantModule):
         cls._check_float(linear, qw)
         if type(linear).forward is not nn.Linear.forward:
             raise TypeError(f"{type(linear).__name__} overrides nn.Linear.forward; QuantLinear cannot replace it")
-        m = cls(qw.shape, cls._layouts(qw), qw.perm is not None, linear.bias is not None, linear.weight.device)
+        m = cls(qw.shape, cls._layouts(qw), perm_storage(qw), linear.bias is not None, linear.weight.device)
         m._fill(qw, linear.bias)
         return m.train(linear.training)
 
@@ -298,7 +349,7 @@ class QuantConv2d(QuantModule):
         self,
         shape: Sequence[int],
         layouts: Sequence[SegmentLayout],
-        has_perm: bool,
+        has_perm: bool | str,
         has_bias: bool,
         stride: Sequence[int] = (1, 1),
         padding: Sequence[int] | str = (0, 0),
@@ -338,7 +389,7 @@ class QuantConv2d(QuantModule):
         m = cls(
             qw.shape,
             cls._layouts(qw),
-            qw.perm is not None,
+            perm_storage(qw),
             conv.bias is not None,
             conv.stride,
             padding,

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["QuantizedSegment", "QuantizedWeight", "dequantize_segment", "unpermute_columns"]
+__all__ = [
+    "QuantizedSegment",
+    "QuantizedWeight",
+    "dequantize_segment",
+    "perm_from_segment_map",
+    "segment_map",
+    "unpermute_columns",
+]
 
 
 def _is_int(t: Tensor) -> bool:
@@ -74,6 +81,22 @@ def unpermute_columns(w: Tensor, perm: Tensor | None) -> Tensor:
     out = torch.empty_like(w)
     out[:, perm.long()] = w
     return out
+
+
+def segment_map(perm: Tensor, n_cols: list[int]) -> Tensor | None:
+    """The segment of every original column, (in,) int64, when `perm` is the one it implies — the columns of
+    each segment in ascending original order — else None. Such a permutation is stored as this map, ⌈log2 S⌉
+    bits per column for S segments, instead of a 16-bit index per column (`perm_from_segment_map` inverts it)."""
+    perm = perm.long()
+    stored = torch.repeat_interleave(torch.arange(len(n_cols), device=perm.device), torch.tensor(n_cols))
+    seg_of = torch.empty_like(stored)
+    seg_of[perm] = stored
+    return seg_of if torch.equal(perm_from_segment_map(seg_of), perm) else None
+
+
+def perm_from_segment_map(seg_of: Tensor) -> Tensor:
+    """The permutation (in,) int64 that lists segment 0's columns in ascending order, then segment 1's, ..."""
+    return torch.argsort(seg_of.long(), stable=True)
 
 
 @dataclass

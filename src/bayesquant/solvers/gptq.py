@@ -4,7 +4,6 @@ updates, dampening, group-wise grids, act-order and static groups."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -112,13 +111,13 @@ def gptq_quantize(
     if perm is not None:
         invperm = torch.argsort(perm)
         Q, losses = Q[:, invperm], losses[:, invperm]
+    if perm is not None and (static or n_groups == 1):
+        # static groups live in the original column order, and one grid per row does not depend on the order:
+        # store the codes unpermuted, no permutation needed
+        codes, perm = codes[:, torch.argsort(perm)], None
     if static:
-        # static groups live in the original column order: store codes unpermuted, no permutation needed
-        if perm is not None:
-            codes = codes[:, torch.argsort(perm)]
         scales = torch.cat([p.scale for p in static], dim=1)
         zeros = torch.cat([p.zero for p in static], dim=1)
-        perm = None
     segment = QuantizedSegment(bits=bits, codes=codes.to(torch.uint8), group_size=g, scale=scales, zero=zeros)
     qweight = QuantizedWeight(shape=tuple(W.shape), segments=[segment], perm=perm)
     return GPTQResult(qweight, Q, losses)
@@ -266,6 +265,8 @@ def gptq_quantize_mixed(
         pos = cg.members[c]
         ks = [k for k, (cls, _) in enumerate(cg.groups) if cls == c]
         g = len(pos) if not group_size else min(group_size, len(pos))
+        if len(ks) == 1:  # one grid per row: the class's column order is free, store it ascending (a segment map)
+            pos = pos[torch.argsort(order[pos])]
         codes = codesT[pos].t().to(torch.uint8)
         if fit_codebook is not None:  # (rows, n_groups, 2ᵇ)
             segments.append(QuantizedSegment(b, codes, g, codebook=torch.stack([g_levels[k] for k in ks], dim=1)))
@@ -274,10 +275,6 @@ def gptq_quantize_mixed(
                                              zero=g_zero[ks].t().contiguous()))  # fmt: skip
         stored.append(order[pos])
     perm = torch.cat(stored)
-    if len(segments) == 1 and segments[0].n_groups == 1:  # one grid per row: column order is free, store it plain
-        seg = segments[0]
-        segments = [dataclasses.replace(seg, codes=seg.codes[:, torch.argsort(perm)])]
-        perm = torch.arange(columns)
     if torch.equal(perm, torch.arange(columns)):
         perm = None
     inv = torch.argsort(order)

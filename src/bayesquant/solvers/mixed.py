@@ -50,14 +50,23 @@ def mixed_stored_bits(
 ) -> float:
     """Stored bits of a layer quantized by `gptq_quantize_mixed` with these per-column widths: codes, a float16
     scale and zero (or codebook) per (row, grid) — each width class split into ⌈n_c/g⌉ grids, a partial one
-    included — and the int16/int32 column permutation where one is stored (`stores_permutation`)."""
-    from bayesquant.nn.layers import perm_dtype
+    included — and the column permutation where one is stored (`stores_permutation`): a segment map of
+    ⌈log2 K⌉ bits per column for K width classes when each class keeps its columns in ascending order (no
+    act-order, or one grid per row of every class), else int16/int32 indices."""
+    from bayesquant.nn.layers import perm_dtype, segment_map_bits
+    from bayesquant.nn.packing import packed_nbytes
 
     columns = len(widths)
     counts = torch.bincount(widths.long(), minlength=9)
-    grids = sum(math.ceil(int(n) / (group_size or int(n))) * grid_bits(b, codebook) for b, n in enumerate(counts) if n)
-    perm = stores_permutation(widths, group_size, act_order)
-    perm_bits = torch.iinfo(perm_dtype(columns)).bits * columns if perm else 0
+    classes = [(b, int(n)) for b, n in enumerate(counts) if n]
+    n_grids = [math.ceil(n / (group_size or n)) for _, n in classes]
+    grids = sum(k * grid_bits(b, codebook) for k, (b, _) in zip(n_grids, classes, strict=True))
+    perm_bits = 0
+    if stores_permutation(widths, group_size, act_order):
+        if not act_order or max(n_grids) == 1:
+            perm_bits = 8 * packed_nbytes(columns, segment_map_bits(len(n_grids)))
+        else:
+            perm_bits = torch.iinfo(perm_dtype(columns)).bits * columns
     return rows * float(widths.sum()) + rows * grids + perm_bits
 
 
@@ -120,12 +129,14 @@ def storable_widths(
 def storable_to_nominal(shapes: list[tuple[int, int]], bits: float, group_size: int | None, codebook: bool) -> float:
     """The nominal width every layer gets so that a model of these (rows, columns) layers stores about `bits` per
     weight: the storable budget less the model's grid and permutation bits per weight, each layer assumed to end
-    with three width classes (its grids plus two partial ones) and a stored int16 permutation. BAQ shares a
+    with three width classes (its grids plus two partial ones) and a stored permutation (a 2-bit segment map
+    per column with one grid per row, int16 indices with act-order groups). BAQ shares a
     budget equally across layers (the paper); counting a storable budget per layer instead would leave a
     16-column shortcut convolution, whose per-row grids alone cost 2 bits per weight, at 1 bit."""
     ref = max(round(bits), 1)
+    perm = 2 if not group_size else 16
     overhead = sum(
-        rows * (math.ceil(cols / (group_size or cols)) + 2) * grid_bits(ref, codebook) + 16 * cols
+        rows * (math.ceil(cols / (group_size or cols)) + 2) * grid_bits(ref, codebook) + perm * cols
         for rows, cols in shapes
     )  # fmt: skip
     return bits - overhead / sum(rows * cols for rows, cols in shapes)
