@@ -266,8 +266,9 @@ def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:
         else:
             bits = statistics.fmean(x["storable_bits"] for x in rs)
             by_method.setdefault(label.split(":")[0], []).append({"label": label, "bits": bits, "m": m, "sd": sd})
-    for method, rs in by_method.items():
-        rs = sorted(rs, key=lambda r: r["bits"])
+    order = ["fp32", "rtn", "gptq", "bayesq", "baq"]  # the same colour for a method in every plot
+    for method in sorted(by_method, key=lambda m: (order.index(m) if m in order else len(order), m)):
+        rs = sorted(by_method[method], key=lambda r: r["bits"])
         budgets = all(":storable" in r["label"] for r in rs)
         ax.errorbar([r["bits"] for r in rs], [r["m"] for r in rs], yerr=[r["sd"] for r in rs], marker="o",
                     ls="-" if budgets else "none", capsize=3, label=method)  # fmt: skip
