@@ -111,10 +111,10 @@ def gptq_quantize(
     if perm is not None:
         invperm = torch.argsort(perm)
         Q, losses = Q[:, invperm], losses[:, invperm]
-    if perm is not None and (static or n_groups == 1):
-        # static groups live in the original column order, and one grid per row does not depend on the order:
-        # store the codes unpermuted, no permutation needed
-        codes, perm = codes[:, torch.argsort(perm)], None
+        if static or n_groups == 1:
+            # static groups live in the original column order, and one grid per row does not depend on the
+            # order: store the codes unpermuted, no permutation needed
+            codes, perm = codes[:, invperm], None
     if static:
         scales = torch.cat([p.scale for p in static], dim=1)
         zeros = torch.cat([p.zero for p in static], dim=1)
