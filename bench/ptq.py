@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--bound", type=float, default=0.1, help="--budgets: half-width of each budget's window")
     parser.add_argument("--plot", help="PNG of quality against storable bits (default: next to the JSON; with "
                         "--tables only when given)")  # fmt: skip
+    parser.add_argument("--keep", metavar="DIR", help="keep each saved model in DIR/sSEED/CONFIG (for "
+                        "bench/paired.py) instead of a temporary directory")  # fmt: skip
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else []
@@ -118,7 +120,11 @@ def main() -> None:
                 if config == "fp32" and seed not in (None, seeds[0]):
                     continue  # no calibration: one row
                 seeded = extra + (["--seed", str(seed)] if seed is not None and config != "fp32" else [])
-                row = run_config(args.model, config, data, Path(tmp), seeded, args.also_data)
+                work = Path(tmp)
+                if args.keep and config != "fp32":
+                    work = Path(args.keep) / f"s{seed if seed is not None else 0}"  # the model in work/CONFIG
+                    work.mkdir(parents=True, exist_ok=True)
+                row = run_config(args.model, config, data, work, seeded, args.also_data)
                 rows.append({**row, "label": config, "seed": seed})
                 with atomic_file(path, "w") as fh:  # after every row: an interrupted run keeps what it measured
                     json.dump({"model": args.model, "data": data, "rows": rows}, fh, indent=2, default=str)

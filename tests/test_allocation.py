@@ -145,3 +145,92 @@ def test_random_bits_tracks_the_target_mean():
     c = table.cost[:, 0] / table.sizes
     hi = c > c.median()
     assert alloc.bits[hi].double().mean() >= alloc.bits[~hi].double().mean()
+
+
+# ---------------------------------------------------------------- width classes pay for their grids
+def _column_table(cols: int, rows: int, seed: int, modules: int = 2) -> CostTable:
+    """A column table of `modules` layers of `rows` × `cols`, per-row grids prorated over the columns."""
+    gen = torch.Generator().manual_seed(seed)
+    G = modules * cols
+    c = rows * torch.exp(4 * torch.rand(G, generator=gen, dtype=torch.float64))  # very unequal sensitivities
+    cost = c[:, None] * torch.pow(2.0, -2 * torch.tensor(BITS, dtype=torch.float64))[None, :]
+    overhead = torch.full((G, len(BITS)), 32.0 * rows / cols, dtype=torch.float64)
+    names = [f"m{k}" for k in range(modules) for _ in range(cols)]
+    return CostTable(cost, torch.full((G,), float(rows)), BITS, overhead, names, torch.arange(cols).repeat(modules),
+                     granularity="column")  # fmt: skip
+
+
+def _layer_bits(rows: int):
+    from bayesquant.solvers.mixed import mixed_stored_bits
+
+    return lambda name, widths: mixed_stored_bits(widths, rows, None, False, True)
+
+
+def test_a_lone_wide_column_is_merged_into_its_neighbour_class():
+    from bayesquant.allocation.classes import merge_classes
+
+    rows, cols = 16, 64
+    cost = torch.zeros(cols, 2, dtype=torch.float64)
+    cost[:, 0] = 1.0  # every column gains 1 from 3 → 4 bits ...
+    cost[0, 0] = 2.0  # ... column 0 gains 2: the knapsack gives it alone the wider width
+    table = CostTable(cost, torch.full((cols,), float(rows)), (3, 4), modules=["m"] * cols,
+                      index=torch.arange(cols), granularity="column")  # fmt: skip
+    alloc = allocate(table, Budget(3.0 + 1.0 / cols), "knapsack")
+    assert alloc.bits.tolist() == [4] + [3] * (cols - 1)
+    # its own grids and code bit (16 rows × (32 + 1) bits) are worth more than its gain of 2 at 0.01 per bit:
+    # merged down (merging the other 63 columns up would cost bits: not considered)
+    merged = merge_classes(alloc, _layer_bits(rows), price=0.01)
+    assert merged.bits.tolist() == [3] * cols and merged.extra["merged_classes"] == 1
+    # at a price of 10⁻⁴ per bit the gain of 2 outweighs the 528 bits it frees: kept
+    assert merge_classes(alloc, _layer_bits(rows), price=1e-4).bits.tolist() == alloc.bits.tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_merging_classes_lowers_the_priced_objective_and_keeps_the_limits(seed):
+    from bayesquant.allocation.classes import bit_price, merge_classes
+    from bayesquant.allocation.table import allowed_mask
+
+    rows, cols = 24, 48
+    table = _column_table(cols, rows, seed)
+    mask = allowed_mask(table, min_bits=3, max_bits=6)
+    alloc = allocate(table, Budget(4.4, "storable"), "knapsack", min_bits=3, max_bits=6)
+    layer_bits = _layer_bits(rows)
+    eta = bit_price(alloc, mask)
+    assert eta > 0
+
+    def priced(a):
+        bits = sum(layer_bits(n, torch.tensor(w)) for n, w in a.per_module().items())
+        return a.objective + eta * bits, bits
+
+    merged = merge_classes(alloc, layer_bits, mask)
+    before, after = priced(alloc), priced(merged)
+    assert merged.extra["merged_classes"] > 0  # the knapsack opened classes of a few columns
+    assert after[0] < before[0]
+    assert after[1] <= before[1]  # only bits freed
+    for name, widths in merged.per_module().items():
+        assert len(set(widths)) <= len(set(alloc.per_module()[name]))
+        assert min(widths) >= 3 and max(widths) <= 6
+    with pytest.raises(ValueError, match="column"):
+        merge_classes(allocate(convex_table(), Budget(3.0), "knapsack"), layer_bits)
+
+
+def test_filling_spends_spare_bits_only_inside_existing_classes():
+    from bayesquant.allocation.classes import fill_classes
+
+    rows, cols = 8, 40
+    table = _column_table(cols, rows, seed=5, modules=2)
+    alloc = allocate(table, Budget(3.0), "knapsack", min_bits=2, max_bits=8)
+    layer_bits = _layer_bits(rows)
+
+    def stored(a):
+        return sum(layer_bits(n, torch.tensor(w)) for n, w in a.per_module().items())
+
+    classes = {n: set(w) for n, w in alloc.per_module().items()}
+    spare = 20.5 * rows  # room for 20 one-bit upgrades of a column
+    filled = fill_classes(alloc, layer_bits, spare)
+    assert 0 < stored(filled) - stored(alloc) <= spare
+    assert filled.extra["filled_columns"] > 0 and filled.objective < alloc.objective
+    for name, widths in filled.per_module().items():
+        assert set(widths) <= classes[name]  # no class opened, so no grid added
+    assert bool((filled.bits >= alloc.bits).all())  # only upgrades
+    assert fill_classes(alloc, layer_bits, rows - 1).bits.tolist() == alloc.bits.tolist()  # not one bit per row

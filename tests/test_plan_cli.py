@@ -37,6 +37,25 @@ def test_cost_table_shapes_and_closed_form(granularity, groups):
         assert float(table.cost[0, 0]) == pytest.approx(float(expected), rel=1e-9)
 
 
+def test_expected_loss_weights_errors_by_the_data_curvature_not_the_prior():
+    post = _posterior(2)
+    lam = 5.0
+    post.meta["prior_precision"] = lam
+    post.var["a"] = 1 / (lam + torch.rand(8, 16, generator=torch.Generator().manual_seed(3)))  # h ∈ [0, 1)
+    h = post.loss_curvature("a").double()
+    torch.testing.assert_close(h, (post.var["a"].double().reciprocal() - lam).clamp_min(1e-6 * lam))
+    table = posterior_cost_table(post, metric="expected_loss", bits=(2, 3))
+    e = quantization_error(post.mean["a"], 2, "uniform", None).double()
+    expected = (h * (post.var["a"].double() + e**2)).sum()  # Σ h (σ² + e²)
+    assert float(table.cost[0, 0]) == pytest.approx(float(expected), rel=1e-6)
+    # the prior adds λ·Σe² to the precision-weighted table but nothing to the expected loss
+    mse = posterior_cost_table(post, metric="expected_mse", bits=(2, 3))
+    prior_part = lam * (e**2).sum() + 8 * 16
+    assert float(mse.cost[0, 0]) == pytest.approx(float(prior_part + (h * e**2).sum()), rel=1e-4)
+    del post.meta["prior_precision"]  # no prior precision recorded (e.g. VI): the whole precision
+    torch.testing.assert_close(post.loss_curvature("a"), post.precision("a"))
+
+
 def test_informativeness_metric_is_paper_c_eq7():
     post = _posterior(1)
     table = posterior_cost_table(post, metric="informativeness", bits=(3,))

@@ -200,7 +200,7 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         table = task_loss_table(loaded, post, cfg.calib, cfg.nsamples, bits=_candidates(cfg), quantizer=cfg.quantizer,
                                 group_size=cfg.group_size, seed=cfg.seed)  # fmt: skip
     else:
-        table = posterior_cost_table(post, granularity=cfg.granularity, metric="expected_mse", bits=_candidates(cfg),
+        table = posterior_cost_table(post, granularity=cfg.granularity, metric=cfg.metric, bits=_candidates(cfg),
                                      quantizer=cfg.quantizer, group_size=cfg.group_size)  # fmt: skip
     alloc = _allocate_exactly(table, post, cfg)
     per_module = alloc.per_module()
@@ -215,7 +215,7 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         w = per_module[name]
         return torch.tensor(w if len(w) == cols else w * cols)
 
-    def importance_for(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def importance_for(name: str, shape: tuple[int, ...]) -> torch.Tensor:  # the weights of the grid fit
         return post.precision(name).float().reshape(shape)
 
     return _gptq_columns(cfg, widths_for, importance_for, log)
@@ -251,12 +251,16 @@ def task_loss_table(
 
 def _allocate_exactly(table, post, cfg: QuantizeConfig):
     """The allocation of `cfg.bits` over `table`; a storable budget is met as the saved model counts it (partial
-    grids or codebooks of each width class and the column permutation included, `mixed_stored_bits`): the
-    table's estimate misses those, so the budget handed to the allocator is lowered until the model fits —
-    first by the measured excess, then by bisection to the largest budget that fits (a codebook's size depends
-    on its width, so the excess is not a constant offset)."""
+    grids or codebooks of each width class and the column permutation included, `mixed_stored_bits`). With
+    column groups each allocation's width classes are merged where their grids cost more than they gain
+    (`allocation.classes.merge_classes`). The table's estimate misses those costs, so the budget handed to the
+    allocator is moved until the model fits — first by the measured excess (down, or up where merges freed
+    bits), then by bisection to the largest budget that fits (a codebook's size depends on its width, so the
+    excess is not a constant offset) — and what is left below the budget goes to upgrades inside existing
+    classes (`fill_classes`)."""
     from bayesquant.allocation.allocators import allocate
-    from bayesquant.allocation.table import Budget
+    from bayesquant.allocation.classes import fill_classes, merge_classes
+    from bayesquant.allocation.table import Budget, allowed_mask
     from bayesquant.solvers.mixed import mixed_stored_bits
 
     bits, codebook = float(cfg.bits), _codebook(cfg) is not None
@@ -266,41 +270,59 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
     def allocate_at(target: float):
         return allocate(table, Budget(target, cfg.budget), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
 
+    def layer_bits(name: str, widths: torch.Tensor) -> float:
+        rows = post.mean[name].shape[0]
+        cols = post.mean[name].numel() // rows
+        w = widths if len(widths) == cols else widths.repeat(cols)
+        return mixed_stored_bits(w, rows, cfg.group_size, codebook, act_order)
+
     def allocation(target: float):
         alloc = allocate_at(target)
-        stored = 0.0
-        for name, widths in alloc.per_module().items():
-            rows = post.mean[name].shape[0]
-            cols = post.mean[name].numel() // rows
-            w = torch.tensor(widths if len(widths) == cols else widths * cols)
-            stored += mixed_stored_bits(w, rows, cfg.group_size, codebook, act_order)
+        if table.granularity == "column":  # each width class pays for its own grids
+            alloc = merge_classes(alloc, layer_bits, allowed_mask(table, cfg.min_bits, cfg.max_bits))
+        stored = sum(layer_bits(name, torch.tensor(w)) for name, w in alloc.per_module().items())
         alloc.extra["storable_bits_exact"] = stored / n
         return alloc, stored / n - bits  # the allocation and its excess over the budget
 
     if cfg.budget == "nominal":
         return allocate_at(bits)
     tol = 0.002
-    alloc, excess = allocation(bits)
-    hi, target, fits = bits, bits, None
-    for _ in range(8):  # step down by the excess until the model fits
-        if excess <= tol:
-            fits = (target, alloc, excess)
-            break
-        hi, target = target, target - max(excess, 0.01)
+    fits, lo, hi, target = None, None, None, bits
+    for _ in range(10):  # bracket the budget: step by the excess until one target fits and a larger one does not
         alloc, excess = allocation(target)
+        if excess <= tol:
+            if fits is None or target > fits[0]:
+                fits = (target, alloc, excess)
+            if excess > -tol:
+                return alloc
+            lo = target
+            if hi is not None:
+                break
+            target += max(-excess, 0.01)  # under the budget (merged classes freed bits): step up
+        else:
+            hi = target
+            if lo is not None:
+                break
+            target -= max(excess, 0.01)
     if fits is None:
         return alloc  # the smallest widths allowed do not fit: the budget is missed (reported in the size)
-    lo = fits[0]
-    for _ in range(10):  # then bisect between the largest budget that fits and the smallest that does not
-        if fits[2] > -tol or hi - lo < 1e-3:
-            break
-        mid = (lo + hi) / 2
-        alloc, excess = allocation(mid)
-        if excess <= tol:
-            lo, fits = mid, (mid, alloc, excess)
-        else:
-            hi = mid
-    return fits[1]
+    if hi is not None:  # bisect between the largest budget that fits and the smallest that does not
+        lo = fits[0]
+        for _ in range(10):
+            if fits[2] > -tol or hi - lo < 1e-3:
+                break
+            mid = (lo + hi) / 2
+            alloc, excess = allocation(mid)
+            if excess <= tol:
+                lo, fits = mid, (mid, alloc, excess)
+            else:
+                hi = mid
+    alloc, excess = fits[1], fits[2]
+    if table.granularity == "column" and excess < -tol:  # merges make the size jump: spend what is left over
+        alloc = fill_classes(alloc, layer_bits, -excess * n, allowed_mask(table, cfg.min_bits, cfg.max_bits))
+        stored = sum(layer_bits(name, torch.tensor(w)) for name, w in alloc.per_module().items())
+        alloc.extra["storable_bits_exact"] = stored / n
+    return alloc
 
 
 def _candidates(cfg: QuantizeConfig) -> tuple[int, ...]:

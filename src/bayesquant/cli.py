@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--posterior-nsamples", type=_positive_int, help="bayesq: examples for that fit (LLM: 16)")
     p.add_argument("--allocator", default="knapsack", help="bayesq: knapsack | baq | exact | uniform | …")
     p.add_argument("--granularity", default="column", help="bayesq: layer | column")
-    p.add_argument("--metric", default="expected_mse", help="bayesq's costs: expected_mse | mc_task_loss (per layer)")
+    p.add_argument("--metric", default="expected_loss",
+                   help="bayesq's costs: expected_loss | expected_mse | mc_task_loss (per layer)")  # fmt: skip
     p.add_argument("--solver", default="gptq", help="bayesq: gptq (error feedback) | rtn")
     p.add_argument("--rounds", type=int, default=1, help="baq: self-correction rounds after the reference pass")
     p.add_argument(
@@ -436,8 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocator", default="knapsack", help="uniform | knapsack | baq | exact | quantile_inform | "
                    "random_bits")  # fmt: skip
     p.add_argument("--granularity", default="layer", help="layer | channel | column | block")
-    p.add_argument("--metric", default="expected_mse", help="expected_mse | hessian | informativeness | "
-                   "mc_task_loss (needs --model, --calib)")  # fmt: skip
+    p.add_argument("--metric", default="expected_mse", help="expected_mse | expected_loss | hessian | "
+                   "informativeness | mc_task_loss (needs --model, --calib)")  # fmt: skip
     p.add_argument("--model", help="mc_task_loss: the zoo KEY the posterior belongs to")
     p.add_argument("--calib", help="mc_task_loss: labelled SPEC to measure the loss on (default: its training split)")
     p.add_argument("--nsamples", type=_positive_int, help="mc_task_loss: examples of --calib")

@@ -15,6 +15,7 @@ QUANTIZER_CHOICES = ("uniform", "quantile", "lloyd_max")
 GRID_CHOICES = ("minmax", "mse")
 SOLVER_CHOICES = ("gptq", "rtn")
 MIXED_METHODS = ("bayesq", "baq")  # methods whose --bits is a (fractional) budget, not one width
+METRIC_CHOICES = ("expected_loss", "expected_mse", "mc_task_loss")  # bayesq's cost tables
 
 
 class Method(str, Enum):
@@ -51,7 +52,9 @@ class QuantizeConfig:
     BayesQ's precision-weighted distortion; the default of both mixed methods). min_bits/max_bits bound the
     widths. BayesQ: `posterior` a FILE from `bayesquant posterior` (None: a diagonal Laplace posterior is
     fitted on `posterior_nsamples` calibration examples), `allocator` and `granularity` of the allocation,
-    `metric` of its cost table ("expected_mse": closed form from the posterior; "mc_task_loss": the measured
+    `metric` of its cost table ("expected_loss": the posterior-expected loss increase, closed form, weighting
+    each weight's error by the loss curvature h = 1/σ² − λ; "expected_mse": the precision-weighted distortion,
+    weighting by 1/σ²; "mc_task_loss": the measured
     increase of the calibration NLL per layer, others drawn from the posterior — needs granularity "layer"),
     `solver` "gptq" (error feedback) or "rtn". BAQ: `rounds` of self-correction after the reference pass.
 
@@ -86,7 +89,7 @@ class QuantizeConfig:
     posterior_nsamples: int | None = None
     allocator: str = "knapsack"
     granularity: str = "column"
-    metric: str = "expected_mse"
+    metric: str = "expected_loss"
     solver: str = "gptq"
     rounds: int = 1
     distill_steps: int = 0
@@ -116,7 +119,7 @@ class QuantizeConfig:
         for arg, value, valid in (("--budget", self.budget, ("nominal", "storable")), ("--grid", self.grid,
                                   GRID_CHOICES), ("--solver", self.solver, SOLVER_CHOICES),
                                   ("--granularity", self.granularity, ("layer", "column")),
-                                  ("--metric", self.metric, ("expected_mse", "mc_task_loss"))):  # fmt: skip
+                                  ("--metric", self.metric, METRIC_CHOICES)):  # fmt: skip
             if value not in valid:
                 raise UserError(f"{arg} {value!r}: unknown; valid: {', '.join(valid)}")
         for arg, value in (("--min-bits", self.min_bits), ("--max-bits", self.max_bits)):

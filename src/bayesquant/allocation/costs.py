@@ -5,8 +5,13 @@ Groups (`granularity`): "layer" (one per module), "channel" (output row), "colum
 width b the posterior mean μ of each module is quantized with the chosen codebook (per row, or per block of
 `group_size` columns) and e = μ − Q_b(μ) is reduced over the group by one of the metrics:
 
-- "expected_mse" — BayesQ's posterior-expected, precision-weighted distortion:
-  Σ_i (1/σ_i²)·E_q[(w_i − Q_b(μ_i))²] = Σ_i (1 + e_i²/σ_i²)  (E_q[(w − q)²] = σ² + (μ − q)²);
+- "expected_loss" — BayesQ's posterior-expected increase of the training loss, to second order with the
+  diagonal curvature h = 1/σ² − λ of the loss (the data's part of the Laplace precision,
+  `Posterior.loss_curvature`): Σ_i h_i·E_q[(w_i − Q_b(μ_i))²] = Σ_i h_i (σ_i² + e_i²);
+- "expected_mse" — the posterior-expected, precision-weighted distortion:
+  Σ_i (1/σ_i²)·E_q[(w_i − Q_b(μ_i))²] = Σ_i (1 + e_i²/σ_i²)  (E_q[(w − q)²] = σ² + (μ − q)²). Where the prior
+  dominates the precision (a confident classifier fitted on little data) this is λ·Σ e² + const, the plain
+  weight MSE, blind to how much each weight matters;
 - "hessian" — GPTQ-style column losses Σ_i H_jj·e_i² with H_jj the diagonal of the layer Hessian of the weight's
   input column j (taken from `hessians`, else from the posterior precision: for a `laplace-layerwise` posterior
   that is exactly diag(2XXᵀ) + λ);
@@ -31,7 +36,7 @@ from bayesquant.posterior.base import Posterior
 from bayesquant.quantizers import QUANTIZERS
 
 GRANULARITIES = ("layer", "channel", "column", "block")
-METRICS = ("expected_mse", "hessian", "informativeness")
+METRICS = ("expected_loss", "expected_mse", "hessian", "informativeness")
 
 
 def _grid_bits(quantizer: str, bits: int) -> float:
@@ -99,6 +104,8 @@ def posterior_cost_table(
         prec = var.reciprocal()
         info = mu.abs() * prec.sqrt()  # |μ|/σ, eq. 1
         weight = prec  # 1/σ² (expected_mse; informativeness, with c_i normalised per group below)
+        if metric == "expected_loss":
+            weight = post.loss_curvature(name).double().reshape(mu.shape)
         if metric == "hessian" and hessians and name in hessians:
             weight = hessians[name].double().reshape(1, cols).expand(rows, cols)
         ones, idx = _reduce(torch.ones_like(mu), granularity, group_size)
@@ -112,6 +119,9 @@ def posterior_cost_table(
             elif metric == "expected_mse":
                 per, _ = _reduce(weight * err2, granularity, group_size)
                 table_cols.append(per + ones)  # Σ (1 + e²/σ²)
+            elif metric == "expected_loss":
+                per, _ = _reduce(weight * (var + err2), granularity, group_size)
+                table_cols.append(per)  # Σ h (σ² + e²)
             else:
                 per, _ = _reduce(weight * err2, granularity, group_size)
                 table_cols.append(per)

@@ -70,6 +70,15 @@ class Posterior:
     def precision(self, name: str) -> torch.Tensor:
         return self.var[name].reciprocal()
 
+    def loss_curvature(self, name: str) -> torch.Tensor:
+        """h = 1/σ² − λ: the part of a Laplace posterior's precision that comes from the data, i.e. the diagonal
+        curvature of the training loss, floored at 10⁻⁶·λ so that it stays positive (float64). A posterior whose
+        `meta` has no prior precision (mean-field VI) gives its whole precision."""
+        lam = self.meta.get("prior_precision")
+        if not isinstance(lam, int | float) or isinstance(lam, bool) or lam <= 0:
+            return self.precision(name)
+        return (self.var[name].double().reciprocal() - lam).clamp_min(1e-6 * lam)  # float64: 1/σ² ≈ λ cancels
+
     def informativeness(self, name: str) -> torch.Tensor:
         """|μ|/σ (paper (c) §4.2): how many standard deviations a weight sits away from zero."""
         return self.mean[name].abs() / self.std(name)

@@ -1,0 +1,156 @@
+"""Merging width classes after a column allocation, so each class pays for its grids.
+
+A layer quantized with per-column widths stores one grid (scale and zero, or a codebook) per row for every
+width class it uses, and a column map whose size grows with the number of classes. A per-column cost table can
+only prorate one grid per row over a layer's columns, so the knapsack sees a new class as free: it opens classes
+of a handful of columns (a single 8-bit column of a 384-column layer costs 8 + 32 bits per row, not 8 + 32/384).
+`merge_classes` repairs that after the fact, with the exact size of each layer (`layer_bits`): it moves every
+column of one class to the neighbouring class below or above whenever
+
+    Δcost + η·Δbits < 0,
+
+Δcost the change of the table's cost summed over the class's columns, Δbits ≤ 0 the change of the layer's
+stored bits (codes, grids and column map, exactly), and η the allocation's price of a bit — the largest cost
+reduction per stored bit among the upgrades the allocation did not take (what a freed bit buys back). Merging
+down frees a class's grids and its extra code bits at a cost increase; merging a class of a few columns up
+removes its grids for fewer code bits and lowers the cost. Only moves that free bits are taken (the best of a
+layer, until none pays), so the step never exceeds the budget; the budget loop (`api._allocate_exactly`) then
+spends what was freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from bayesquant.allocation.table import Allocation, BudgetKind
+
+
+def bit_price(alloc: Allocation, mask: torch.Tensor | None = None) -> float:
+    """η: the largest cost reduction per extra stored bit among the upgrades not taken (0 when none is left)."""
+    table = alloc.table
+    units = table.units(BudgetKind.STORABLE)
+    ar = torch.arange(table.n_groups)
+    c0, u0 = table.cost[ar, alloc.choice], units[ar, alloc.choice]
+    du = units - u0[:, None]
+    gain = c0[:, None] - table.cost
+    ok = (du > 0) & (gain > 0) & (mask if mask is not None else True)
+    eff = torch.where(ok, gain / du.clamp_min(1e-300), torch.zeros((), dtype=table.cost.dtype))
+    return float(eff.max()) if eff.numel() else 0.0
+
+
+def merge_classes(
+    alloc: Allocation,
+    layer_bits: Callable[[str, torch.Tensor], float],
+    mask: torch.Tensor | None = None,
+    price: float | None = None,
+) -> Allocation:
+    """`alloc` (column granularity) with width classes merged where their grids cost more than they gain (see the
+    module docstring). `layer_bits(name, widths)` gives a layer's stored bits for per-column widths; `mask`
+    (G, B) the widths each column may take (a merge into a disallowed width is not considered)."""
+    table = alloc.table
+    if table.granularity != "column":
+        raise ValueError(f"merge_classes: needs a column allocation, got granularity {table.granularity!r}")
+    eta = bit_price(alloc, mask) if price is None else price
+    widths = table.widths.long()
+    position = {int(b): k for k, b in enumerate(widths.tolist())}
+    choice = alloc.choice.clone()
+    merges = 0
+    start = 0
+    for name, count in _runs(table.modules):
+        cols = slice(start, start + count)
+        start += count
+        cost = table.cost[cols]
+        allowed = mask[cols] if mask is not None else torch.ones_like(cost, dtype=torch.bool)
+        w = widths[choice[cols]]
+        current = layer_bits(name, w)
+        while True:
+            classes = sorted(set(w.tolist()))
+            if len(classes) < 2:
+                break
+            best = (0.0, None, None, 0.0)
+            for i, c in enumerate(classes):
+                members = w == c
+                for nb in (classes[i - 1] if i else None, classes[i + 1] if i + 1 < len(classes) else None):
+                    if nb is None or not bool(allowed[members, position[nb]].all()):
+                        continue
+                    d_cost = float(cost[members, position[nb]].sum() - cost[members, position[c]].sum())
+                    moved = torch.where(members, nb, w)
+                    bits = layer_bits(name, moved)
+                    if bits > current:
+                        continue  # only moves that free bits: the budget loop spends them
+                    score = d_cost + eta * (bits - current)
+                    if score < best[0]:
+                        best = (score, moved, bits, d_cost)
+            if best[1] is None:
+                break
+            w, current = best[1], best[2]
+            merges += 1
+        choice[cols] = torch.tensor([position[int(b)] for b in w.tolist()], dtype=choice.dtype)
+    merged = Allocation(choice, table, alloc.allocator, alloc.budget, dict(alloc.extra))
+    merged.extra |= {"merged_classes": merges, "bit_price": eta}
+    return merged
+
+
+def _runs(modules: list[str]) -> list[tuple[str, int]]:
+    """Consecutive runs of equal module names: [(name, count), ...] (a table's groups come module by module)."""
+    runs: list[tuple[str, int]] = []
+    for name in modules:
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1] + 1)
+        else:
+            runs.append((name, 1))
+    return runs
+
+
+def fill_classes(
+    alloc: Allocation,
+    layer_bits: Callable[[str, torch.Tensor], float],
+    spare: float,
+    mask: torch.Tensor | None = None,
+) -> Allocation:
+    """Spend `spare` stored bits on upgrades into width classes a layer already has, largest cost reduction per
+    bit first, each priced exactly by `layer_bits` (no class is opened, so no grid is added). Merging makes the
+    stored size jump with the allocator's target, so the budget search can stop well below the budget on a
+    small model; this takes up the rest."""
+    table = alloc.table
+    widths = table.widths.long()
+    position = {int(b): k for k, b in enumerate(widths.tolist())}
+    choice = alloc.choice.clone()
+    allowed = mask if mask is not None else torch.ones_like(table.cost, dtype=torch.bool)
+    runs, start = [], 0
+    for name, count in _runs(table.modules):
+        runs.append((name, start, start + count))
+        start += count
+    cands = []  # (efficiency, group, target width index, run)
+    for r, (_name, a, b) in enumerate(runs):
+        present = sorted(set(widths[choice[a:b]].tolist()))
+        for g in range(a, b):
+            cur = int(widths[choice[g]])
+            for w in present:
+                k = position[w]
+                if w > cur and allowed[g, k]:
+                    gain = float(table.cost[g, choice[g]] - table.cost[g, k])
+                    if gain > 0:
+                        cands.append((gain / (float(table.sizes[g]) * (w - cur)), g, k, r))
+    cands.sort(key=lambda c: -c[0])
+    current = {r: layer_bits(name, widths[choice[a:b]]) for r, (name, a, b) in enumerate(runs)}
+    filled = 0
+    for _eff, g, k, r in cands:
+        if spare < float(table.sizes.min()):
+            break
+        if k <= int(choice[g]):
+            continue
+        name, a, b = runs[r]
+        trial = choice[a:b].clone()
+        trial[g - a] = k
+        bits = layer_bits(name, widths[trial])
+        if bits - current[r] <= spare:
+            spare -= bits - current[r]
+            current[r] = bits
+            choice[g] = k
+            filled += 1
+    out = Allocation(choice, table, alloc.allocator, alloc.budget, dict(alloc.extra))
+    out.extra["filled_columns"] = filled
+    return out
