@@ -244,7 +244,8 @@ def table(rows: list[dict], model: str, metric: str, also_data: str | None) -> s
     ]
     for r in rows:
         cells = f" {r['nll']:.4f} | {r['ece']:.4f} |" if calib else ""
-        cells += f" {fmt(r[f'{metric}_also'])} |" if also else ""
+        if also:  # a pooled row run without the second SPEC has none
+            cells += f" {fmt(r[f'{metric}_also'])} |" if f"{metric}_also" in r else " — |"
         lines.append(
             f"| {r['label']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {fmt(r[metric])} |{cells} "
             f"{r['quantize_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['eval_seconds']:.0f} |"
