@@ -60,3 +60,13 @@ def test_seed_table_gives_mean_and_std_per_configuration():
     text = ptq.seed_table(ROWS, "m", "accuracy")
     assert "| gptq:b | 2 | 3.090 | 77.50 ± 10.61 |" in text
     assert "| fp32 | 1 | 32.000 | 99.00 ± 0.00 |" in text
+
+
+def test_run_table_marks_rows_measured_without_the_second_spec():
+    base = {"nominal_bits": 3.0, "storable_bits": 3.0, "quantize_seconds": 1.0, "peak_rss_gb": 1.0, "eval_seconds": 1.0}
+    rows = [{**base, "label": "gptq:3", "perplexity": 50.0},  # pooled from a run without --also-data
+            {**base, "label": "bayesq:3", "perplexity": 40.0, "perplexity_also": 44.5}]  # fmt: skip
+    lines = ptq.table(rows, "m", "perplexity", "other:test").splitlines()
+    assert "perplexity on other:test" in lines[0]
+    assert lines[2].startswith("| gptq:3 | 3.000 | 3.000 | 50.00 | — |")
+    assert lines[3].startswith("| bayesq:3 | 3.000 | 3.000 | 40.00 | 44.50 |")
