@@ -276,10 +276,12 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
         w = widths if len(widths) == cols else widths.repeat(cols)
         return mixed_stored_bits(w, rows, cfg.group_size, codebook, act_order)
 
+    mask = allowed_mask(table, cfg.min_bits, cfg.max_bits)
+
     def allocation(target: float):
         alloc = allocate_at(target)
         if table.granularity == "column":  # each width class pays for its own grids
-            alloc = merge_classes(alloc, layer_bits, allowed_mask(table, cfg.min_bits, cfg.max_bits))
+            alloc = merge_classes(alloc, layer_bits, mask)
         stored = sum(layer_bits(name, torch.tensor(w)) for name, w in alloc.per_module().items())
         alloc.extra["storable_bits_exact"] = stored / n
         return alloc, stored / n - bits  # the allocation and its excess over the budget
@@ -319,7 +321,7 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
                 hi = mid
     alloc, excess = fits[1], fits[2]
     if table.granularity == "column" and excess < -tol:  # merges make the size jump: spend what is left over
-        alloc = fill_classes(alloc, layer_bits, -excess * n, allowed_mask(table, cfg.min_bits, cfg.max_bits))
+        alloc = fill_classes(alloc, layer_bits, -excess * n, mask)
         stored = sum(layer_bits(name, torch.tensor(w)) for name, w in alloc.per_module().items())
         alloc.extra["storable_bits_exact"] = stored / n
     return alloc

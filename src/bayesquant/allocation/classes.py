@@ -57,10 +57,8 @@ def merge_classes(
     position = {int(b): k for k, b in enumerate(widths.tolist())}
     choice = alloc.choice.clone()
     merges = 0
-    start = 0
-    for name, count in _runs(table.modules):
-        cols = slice(start, start + count)
-        start += count
+    for name, a, b in _runs(table.modules):
+        cols = slice(a, b)
         cost = table.cost[cols]
         allowed = mask[cols] if mask is not None else torch.ones_like(cost, dtype=torch.bool)
         w = widths[choice[cols]]
@@ -69,7 +67,7 @@ def merge_classes(
             classes = sorted(set(w.tolist()))
             if len(classes) < 2:
                 break
-            best = (0.0, None, None, 0.0)
+            best: tuple[float, torch.Tensor | None, float] = (0.0, None, 0.0)
             for i, c in enumerate(classes):
                 members = w == c
                 for nb in (classes[i - 1] if i else None, classes[i + 1] if i + 1 < len(classes) else None):
@@ -82,7 +80,7 @@ def merge_classes(
                         continue  # only moves that free bits: the budget loop spends them
                     score = d_cost + eta * (bits - current)
                     if score < best[0]:
-                        best = (score, moved, bits, d_cost)
+                        best = (score, moved, bits)
             if best[1] is None:
                 break
             w, current = best[1], best[2]
@@ -93,14 +91,15 @@ def merge_classes(
     return merged
 
 
-def _runs(modules: list[str]) -> list[tuple[str, int]]:
-    """Consecutive runs of equal module names: [(name, count), ...] (a table's groups come module by module)."""
-    runs: list[tuple[str, int]] = []
-    for name in modules:
+def _runs(modules: list[str]) -> list[tuple[str, int, int]]:
+    """Consecutive runs of equal module names as (name, first group, end) (a table's groups come module by
+    module)."""
+    runs: list[tuple[str, int, int]] = []
+    for g, name in enumerate(modules):
         if runs and runs[-1][0] == name:
-            runs[-1] = (name, runs[-1][1] + 1)
+            runs[-1] = (name, runs[-1][1], g + 1)
         else:
-            runs.append((name, 1))
+            runs.append((name, g, g + 1))
     return runs
 
 
@@ -119,10 +118,7 @@ def fill_classes(
     position = {int(b): k for k, b in enumerate(widths.tolist())}
     choice = alloc.choice.clone()
     allowed = mask if mask is not None else torch.ones_like(table.cost, dtype=torch.bool)
-    runs, start = [], 0
-    for name, count in _runs(table.modules):
-        runs.append((name, start, start + count))
-        start += count
+    runs = _runs(table.modules)
     cands = []  # (efficiency, group, target width index, run)
     for r, (_name, a, b) in enumerate(runs):
         present = sorted(set(widths[choice[a:b]].tolist()))
