@@ -27,13 +27,21 @@ import torch
 
 from bayesquant.data import load_dataset
 from bayesquant.data.calibration import Batches
-from bayesquant.eval import evaluate, predict_probs
+from bayesquant.eval import classifier_metrics, predict_probs
 from bayesquant.eval import metrics as M
 from bayesquant.models import load_model
 from bayesquant.paths import atomic_file
 from bayesquant.posterior import MeanFieldVI, Posterior, bayesian_from_posterior, informativeness_table
 
 TEST = {"lenet5-mnist": "mnist:test", "mlp-2x100": "mnist:test", "resnet-fashion": "fashion-mnist:test"}
+
+
+def test_metrics(loaded, data, samples: int) -> tuple[torch.Tensor, dict]:
+    """The test set's per-sample probabilities (T, N, C) and the metrics of `evaluate` from them (one pass)."""
+    start = time.perf_counter()
+    sp = predict_probs(loaded, data, samples)
+    metrics = {"model": loaded.key, "data": f"{data.name}:{data.split}"} | classifier_metrics(sp, data.labels)
+    return sp, metrics | {"seconds": time.perf_counter() - start}
 
 
 def main() -> None:
@@ -87,8 +95,8 @@ def main() -> None:
         def fresh_model():
             return load_model(args.model)
 
-    det = evaluate(loaded, test)
-    det_model = copy.deepcopy(loaded)  # VI turns loaded.module's layers Bayesian in place
+    test_data = load_dataset(test)
+    det_sp, det = test_metrics(loaded, test_data, 1)
     x, y = data.images[fit_idx], data.labels[fit_idx]
     bs = args.batch_size
     batches = Batches([(x[i : i + bs], y[i : i + bs]) for i in range(0, len(y), bs)], shuffle=True, seed=args.seed)
@@ -119,12 +127,9 @@ def main() -> None:
         fresh.module = bayesian_from_posterior(fresh.module, chosen, fresh.family)
         loaded = fresh
     torch.manual_seed(args.seed)
-    bayes = evaluate(loaded, test, samples=args.samples)
+    vi_sp, bayes = test_metrics(loaded, test_data, args.samples)
     # paired bootstrap over the test images: is the ECE / NLL difference larger than the test set's noise?
-    test_data = load_dataset(test)
-    torch.manual_seed(args.seed)  # the same weight draws as the evaluation above
-    probs_vi = predict_probs(loaded, test_data, args.samples).mean(0)
-    probs_det = predict_probs(det_model, test_data, 1)[0]
+    probs_vi, probs_det = vi_sp.mean(0), det_sp[0]
     paired = {name: M.paired_bootstrap(fn, probs_vi, probs_det, test_data.labels, resamples=args.bootstrap,
                                        seed=args.seed)
               for name, fn in (("ece", M.ece), ("nll", M.nll))}  # fmt: skip

@@ -88,6 +88,21 @@ def predict_probs(
     return torch.cat(out, dim=1)
 
 
+def classifier_metrics(sp: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """The metrics of `evaluate_classifier` from per-sample probabilities `sp` (T, N, C) and labels (N,)."""
+    probs = sp.mean(0)
+    return {
+        "accuracy": M.accuracy(probs, labels),
+        "nll": M.nll(probs, labels),
+        "ece": M.ece(probs, labels),
+        "brier": M.brier(probs, labels),
+        "entropy": float(M.predictive_entropy(sp).mean()),
+        "mutual_information": float(M.mutual_information(sp).mean()),
+        "n": len(labels),
+        "samples": sp.shape[0],
+    }
+
+
 def evaluate_classifier(
     loaded: LoadedModel,
     data: ImageData | TextData,
@@ -103,17 +118,8 @@ def evaluate_classifier(
     sp = predict_probs(loaded, data, samples, batch_size)  # (T, N, C)
     if sp.shape[-1] != len(data.classes):
         raise UserError(f"--model {loaded.key} predicts {sp.shape[-1]} classes but {data.name} has {len(data.classes)}")
-    probs, labels = sp.mean(0), data.labels
-    result: dict[str, Any] = {
-        "accuracy": M.accuracy(probs, labels),
-        "nll": M.nll(probs, labels),
-        "ece": M.ece(probs, labels),
-        "brier": M.brier(probs, labels),
-        "entropy": float(M.predictive_entropy(sp).mean()),
-        "mutual_information": float(M.mutual_information(sp).mean()),
-        "n": len(labels),
-        "samples": samples,
-    }
+    result = classifier_metrics(sp, data.labels)
+    probs = sp.mean(0)
     if reference is not None:
         ref = predict_probs(reference, data, 1, batch_size)[0]
         result["agreement"] = M.agreement(probs, ref)
