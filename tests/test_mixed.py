@@ -252,3 +252,38 @@ def test_storable_budget_becomes_one_nominal_width_net_of_the_models_grids():
     big, small = 64 * 3 * 32 + 2 * 384, 32 * 3 * 32 + 2 * 16  # a 2-bit segment map per column
     both = storable_to_nominal([(64, 384), (32, 16)], 3.5, None, codebook=False)
     assert both == pytest.approx(3.5 - (big + small) / (64 * 384 + 32 * 16))
+
+
+@pytest.mark.parametrize("budget", [3.0, 3.5, 4.25])
+def test_bayesq_storable_allocation_fills_its_budget_with_merged_classes(budget):
+    from bayesquant.allocation.costs import posterior_cost_table
+    from bayesquant.api import _allocate_exactly, _candidates
+    from bayesquant.config import QuantizeConfig
+    from bayesquant.posterior import Posterior
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"a": (24, 96), "b": (12, 40), "c": (48, 32)}  # small layers: a width class costs 0.3-1 bit per weight
+    mean = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    # a data curvature spread over four orders of magnitude, and a prior
+    var = {k: 1 / (1.0 + 10 ** (4 * torch.rand(s, generator=gen, dtype=torch.float64))) for k, s in shapes.items()}
+    post = Posterior(mean, var, {"prior_precision": 1.0})
+    cfg = QuantizeConfig(method="bayesq", bits=budget, budget="storable")
+    table = posterior_cost_table(post, granularity="column", metric="expected_loss", bits=_candidates(cfg))
+    alloc = _allocate_exactly(table, post, cfg)
+    n = sum(r * c for r, c in shapes.values())
+
+    def stored(name, widths):
+        return mixed_stored_bits(widths, shapes[name][0], None, False, True)
+
+    per_module = {k: torch.tensor(w) for k, w in alloc.per_module().items()}
+    total = sum(stored(k, w) for k, w in per_module.items())
+    assert total / n == pytest.approx(alloc.extra["storable_bits_exact"])
+    assert total / n <= budget + 0.002  # met as the file counts it
+    assert alloc.extra["merged_classes"] > 0
+    spare = budget * n - total  # what is left is too little for any single column upgrade
+    for name, w in per_module.items():
+        for j in range(len(w)):
+            for b in (c for c in _candidates(cfg) if c > w[j]):
+                up = w.clone()
+                up[j] = b
+                assert stored(name, up) - stored(name, w) > spare

@@ -109,44 +109,43 @@ def fill_classes(
     spare: float,
     mask: torch.Tensor | None = None,
 ) -> Allocation:
-    """Spend `spare` stored bits on upgrades into width classes a layer already has, largest cost reduction per
-    bit first, each priced exactly by `layer_bits` (no class is opened, so no grid is added). Merging makes the
-    stored size jump with the allocator's target, so the budget search can stop well below the budget on a
-    small model; this takes up the rest."""
+    """Spend `spare` stored bits on column upgrades, largest cost reduction per code bit first, each priced
+    exactly by `layer_bits`: first into width classes a layer already has (no grid added), then, with what is
+    still left, into any allowed width (its first column pays the new class's grids). Merging makes the stored
+    size jump with the allocator's target, so the budget search can stop well below the budget on a small model;
+    this takes up the rest."""
     table = alloc.table
     widths = table.widths.long()
-    position = {int(b): k for k, b in enumerate(widths.tolist())}
     choice = alloc.choice.clone()
     allowed = mask if mask is not None else torch.ones_like(table.cost, dtype=torch.bool)
     runs = _runs(table.modules)
-    cands = []  # (efficiency, group, target width index, run)
-    for r, (_name, a, b) in enumerate(runs):
-        present = sorted(set(widths[choice[a:b]].tolist()))
-        for g in range(a, b):
-            cur = int(widths[choice[g]])
-            for w in present:
-                k = position[w]
-                if w > cur and allowed[g, k]:
-                    gain = float(table.cost[g, choice[g]] - table.cost[g, k])
-                    if gain > 0:
-                        cands.append((gain / (float(table.sizes[g]) * (w - cur)), g, k, r))
-    cands.sort(key=lambda c: -c[0])
     current = {r: layer_bits(name, widths[choice[a:b]]) for r, (name, a, b) in enumerate(runs)}
     filled = 0
-    for _eff, g, k, r in cands:
-        if spare < float(table.sizes.min()):
-            break
-        if k <= int(choice[g]):
-            continue
-        name, a, b = runs[r]
-        trial = choice[a:b].clone()
-        trial[g - a] = k
-        bits = layer_bits(name, widths[trial])
-        if bits - current[r] <= spare:
-            spare -= bits - current[r]
-            current[r] = bits
-            choice[g] = k
-            filled += 1
+    for open_classes in (False, True):
+        cands = []  # (efficiency, group, target width index, run)
+        for r, (_name, a, b) in enumerate(runs):
+            present = set(widths[choice[a:b]].tolist())
+            for g in range(a, b):
+                for k, w in enumerate(widths.tolist()):
+                    if w > int(widths[choice[g]]) and allowed[g, k] and (open_classes or w in present):
+                        gain = float(table.cost[g, choice[g]] - table.cost[g, k])
+                        if gain > 0:
+                            cands.append((gain / (float(table.sizes[g]) * (w - int(widths[choice[g]]))), g, k, r))
+        cands.sort(key=lambda c: -c[0])
+        for _eff, g, k, r in cands:
+            if spare < float(table.sizes.min()):
+                break
+            if k <= int(choice[g]):
+                continue
+            name, a, b = runs[r]
+            trial = choice[a:b].clone()
+            trial[g - a] = k
+            bits = layer_bits(name, widths[trial])
+            if bits - current[r] <= spare:
+                spare -= bits - current[r]
+                current[r] = bits
+                choice[g] = k
+                filled += 1
     out = Allocation(choice, table, alloc.allocator, alloc.budget, dict(alloc.extra))
     out.extra["filled_columns"] = filled
     return out
