@@ -278,13 +278,16 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
 
     mask = allowed_mask(table, cfg.min_bits, cfg.max_bits)
 
+    def measured(alloc):  # the allocation with its exact storable bits per weight, and its excess over the budget
+        stored = sum(layer_bits(name, torch.tensor(w)) for name, w in alloc.per_module().items()) / n
+        alloc.extra["storable_bits_exact"] = stored
+        return alloc, stored - bits
+
     def allocation(target: float):
         alloc = allocate_at(target)
         if table.granularity == "column":  # each width class pays for its own grids
             alloc = merge_classes(alloc, layer_bits, mask)
-        stored = sum(layer_bits(name, torch.tensor(w)) for name, w in alloc.per_module().items())
-        alloc.extra["storable_bits_exact"] = stored / n
-        return alloc, stored / n - bits  # the allocation and its excess over the budget
+        return measured(alloc)
 
     if cfg.budget == "nominal":
         return allocate_at(bits)
@@ -321,9 +324,7 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
                 hi = mid
     alloc, excess = fits[1], fits[2]
     if table.granularity == "column" and excess < -tol:  # merges make the size jump: spend what is left over
-        alloc = fill_classes(alloc, layer_bits, -excess * n, mask)
-        stored = sum(layer_bits(name, torch.tensor(w)) for name, w in alloc.per_module().items())
-        alloc.extra["storable_bits_exact"] = stored / n
+        alloc, _ = measured(fill_classes(alloc, layer_bits, -excess * n, mask))
     return alloc
 
 

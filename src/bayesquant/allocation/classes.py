@@ -121,16 +121,18 @@ def fill_classes(
     runs = _runs(table.modules)
     current = {r: layer_bits(name, widths[choice[a:b]]) for r, (name, a, b) in enumerate(runs)}
     filled = 0
+    width_list = widths.tolist()
     for open_classes in (False, True):
         cands = []  # (efficiency, group, target width index, run)
         for r, (_name, a, b) in enumerate(runs):
             present = set(widths[choice[a:b]].tolist())
             for g in range(a, b):
-                for k, w in enumerate(widths.tolist()):
-                    if w > int(widths[choice[g]]) and allowed[g, k] and (open_classes or w in present):
+                cur = width_list[int(choice[g])]
+                for k, w in enumerate(width_list):
+                    if w > cur and allowed[g, k] and (open_classes or w in present):
                         gain = float(table.cost[g, choice[g]] - table.cost[g, k])
                         if gain > 0:
-                            cands.append((gain / (float(table.sizes[g]) * (w - int(widths[choice[g]]))), g, k, r))
+                            cands.append((gain / (float(table.sizes[g]) * (w - cur)), g, k, r))
         cands.sort(key=lambda c: -c[0])
         for _eff, g, k, r in cands:
             if spare < float(table.sizes.min()):
