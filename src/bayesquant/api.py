@@ -152,17 +152,21 @@ def _baq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
     budget = Budget(float(cfg.bits), cfg.budget)
     log.plan_meta = {"allocator": "baq", "budget": {"bits": budget.bits, "kind": budget.kind.value},
                      "rounds": cfg.rounds}  # fmt: skip
-    if cfg.budget == "storable":  # one nominal width for every layer, the model's grids and permutations deducted
-        from bayesquant.solvers.mixed import storable_to_nominal
+    budgets: dict[str, Budget] = {}
+    if cfg.budget == "storable":  # each layer the same code bits plus two width classes' grids and map of its own
+        from bayesquant.solvers.mixed import storable_shares
 
-        shapes = [tuple(_weight(m).shape) for m in loaded.family.quantizable_modules(loaded.module).values()]
-        budget = Budget(storable_to_nominal(shapes, float(cfg.bits), cfg.group_size, _codebook(cfg) is not None))
-        log.plan_meta["layer_nominal_bits"] = budget.bits
+        modules = loaded.family.quantizable_modules(loaded.module)
+        shapes = [tuple(_weight(m).shape) for m in modules.values()]
+        shares = storable_shares(shapes, budget.bits, cfg.group_size, _codebook(cfg) is not None)
+        budgets = {name: Budget(b, "storable") for name, b in zip(modules, shares, strict=True)}
+        log.plan_meta["layer_storable_bits"] = {name: b.bits for name, b in budgets.items()}
 
     def solve(name: str, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight:
         assert H is not None
+        layer_budget = budgets[name] if budgets else budget
         result, widths, trace = baq_quantize(
-            _weight(module), H, budget, group_size=cfg.group_size, rounds=cfg.rounds, min_bits=cfg.min_bits,
+            _weight(module), H, layer_budget, group_size=cfg.group_size, rounds=cfg.rounds, min_bits=cfg.min_bits,
             max_bits=cfg.max_bits, act_order=bool(cfg.act_order), damp=cfg.damp, block_size=cfg.block_size,
             grid=cfg.grid, symmetric=cfg.symmetric, codebook=_codebook(cfg),
         )  # fmt: skip
@@ -171,8 +175,8 @@ def _baq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
                            "met_budget": trace.met_budget}  # fmt: skip
         if not trace.met_budget:
             msg = "baq: %s (%d×%d) cannot meet the %s budget of %.2f bits (its grids alone cost more); kept %.2f"
-            logging.getLogger(__name__).warning(msg, name, *_weight(module).shape, budget.kind.value, budget.bits,
-                                                trace.spent[trace.kept])  # fmt: skip
+            logging.getLogger(__name__).warning(msg, name, *_weight(module).shape, layer_budget.kind.value,
+                                                layer_budget.bits, trace.spent[trace.kept])  # fmt: skip
         return _with_shape(result.qweight, module)
 
     return solve
@@ -250,25 +254,19 @@ def task_loss_table(
 
 
 def _allocate_exactly(table, post, cfg: QuantizeConfig):
-    """The allocation of `cfg.bits` over `table`; a storable budget is met as the saved model counts it (partial
-    grids or codebooks of each width class and the column permutation included, `mixed_stored_bits`). With
-    column groups each allocation's width classes are merged where their grids cost more than they gain
-    (`allocation.classes.merge_classes`). The table's estimate misses those costs, so the budget handed to the
-    allocator is moved until the model fits — first by the measured excess (down, or up where merges freed
-    bits), then by bisection to the largest budget that fits (a codebook's size depends on its width, so the
-    excess is not a constant offset) — and what is left below the budget goes to upgrades inside existing
-    classes (`fill_classes`)."""
+    """The allocation of `cfg.bits` over `table`; a storable budget is met as the saved model counts it, each
+    layer's stored bits measured by `mixed_stored_bits` (partial grids or codebooks of each width class and the
+    column permutation included), with width classes merged where their grids cost more than they gain
+    (`allocation.classes.allocate_storable`)."""
     from bayesquant.allocation.allocators import allocate
-    from bayesquant.allocation.classes import fill_classes, merge_classes
-    from bayesquant.allocation.table import Budget, allowed_mask
+    from bayesquant.allocation.classes import allocate_storable
+    from bayesquant.allocation.table import Budget
     from bayesquant.solvers.mixed import mixed_stored_bits
 
-    bits, codebook = float(cfg.bits), _codebook(cfg) is not None
+    if cfg.budget == "nominal":
+        return allocate(table, Budget(float(cfg.bits)), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
+    codebook = _codebook(cfg) is not None
     act_order = bool(cfg.act_order) and cfg.solver != "rtn"  # rtn rounds with H = I: processing order = natural
-    n = sum(post.mean[name].numel() for name in post.names)
-
-    def allocate_at(target: float):
-        return allocate(table, Budget(target, cfg.budget), cfg.allocator, min_bits=cfg.min_bits, max_bits=cfg.max_bits)
 
     def layer_bits(name: str, widths: torch.Tensor) -> float:
         rows = post.mean[name].shape[0]
@@ -276,56 +274,9 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
         w = widths if len(widths) == cols else widths.repeat(cols)
         return mixed_stored_bits(w, rows, cfg.group_size, codebook, act_order)
 
-    mask = allowed_mask(table, cfg.min_bits, cfg.max_bits)
-
-    def measured(alloc):  # the allocation with its exact storable bits per weight, and its excess over the budget
-        stored = sum(layer_bits(name, torch.tensor(w)) for name, w in alloc.per_module().items()) / n
-        alloc.extra["storable_bits_exact"] = stored
-        return alloc, stored - bits
-
-    def allocation(target: float):
-        alloc = allocate_at(target)
-        if table.granularity == "column":  # each width class pays for its own grids
-            alloc = merge_classes(alloc, layer_bits, mask)
-        return measured(alloc)
-
-    if cfg.budget == "nominal":
-        return allocate_at(bits)
-    tol = 0.002
-    fits, lo, hi, target = None, None, None, bits
-    for _ in range(10):  # bracket the budget: step by the excess until one target fits and a larger one does not
-        alloc, excess = allocation(target)
-        if excess <= tol:
-            if fits is None or target > fits[0]:
-                fits = (target, alloc, excess)
-            if excess > -tol:
-                return alloc
-            lo = target
-            if hi is not None:
-                break
-            target += max(-excess, 0.01)  # under the budget (merged classes freed bits): step up
-        else:
-            hi = target
-            if lo is not None:
-                break
-            target -= max(excess, 0.01)
-    if fits is None:
-        return alloc  # the smallest widths allowed do not fit: the budget is missed (reported in the size)
-    if hi is not None:  # bisect between the largest budget that fits and the smallest that does not
-        lo = fits[0]
-        for _ in range(10):
-            if fits[2] > -tol or hi - lo < 1e-3:
-                break
-            mid = (lo + hi) / 2
-            alloc, excess = allocation(mid)
-            if excess <= tol:
-                lo, fits = mid, (mid, alloc, excess)
-            else:
-                hi = mid
-    alloc, excess = fits[1], fits[2]
-    if table.granularity == "column" and excess < -tol:  # merges make the size jump: spend what is left over
-        alloc, _ = measured(fill_classes(alloc, layer_bits, -excess * n, mask))
-    return alloc
+    n = sum(post.mean[name].numel() for name in post.names)
+    return allocate_storable(table, float(cfg.bits), layer_bits, n, cfg.allocator, min_bits=cfg.min_bits,
+                             max_bits=cfg.max_bits)  # fmt: skip
 
 
 def _candidates(cfg: QuantizeConfig) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ stored bits (codes, grids and column map, exactly), and η the allocation's pric
 reduction per stored bit among the upgrades the allocation did not take (what a freed bit buys back). Merging
 down frees a class's grids and its extra code bits at a cost increase; merging a class of a few columns up
 removes its grids for fewer code bits and lowers the cost. Only moves that free bits are taken (the best of a
-layer, until none pays), so the step never exceeds the budget; the budget loop (`api._allocate_exactly`) then
+layer, until none pays), so the step never exceeds the budget; the budget search (`allocate_storable`) then
 spends what was freed.
 """
 
@@ -24,7 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from bayesquant.allocation.table import Allocation, BudgetKind
+from bayesquant.allocation.table import Allocation, Budget, BudgetKind, CostTable, allowed_mask
+
+TOLERANCE = 0.002  # bits per weight: a storable budget counts as met up to this excess
 
 
 def bit_price(alloc: Allocation, mask: torch.Tensor | None = None) -> float:
@@ -151,3 +153,81 @@ def fill_classes(
     out = Allocation(choice, table, alloc.allocator, alloc.budget, dict(alloc.extra))
     out.extra["filled_columns"] = filled
     return out
+
+
+def allocate_storable(
+    table: CostTable,
+    bits: float,
+    layer_bits: Callable[[str, torch.Tensor], float],
+    n_weights: int,
+    allocator: str = "knapsack",
+    *,
+    min_bits: int | None = None,
+    max_bits: int | None = None,
+    **options,
+) -> Allocation:
+    """The allocation of a storable budget of `bits` per weight over `table`, met as the saved model counts it:
+    `layer_bits(name, widths)` gives a module's exact stored bits (partial grids of every width class and the
+    column map included), `n_weights` the weights the table covers. With column groups each allocation's width
+    classes are merged where their grids cost more than they gain (`merge_classes`). The table's own estimate
+    misses those costs, so the budget handed to the allocator is moved until the model fits — first by the
+    measured excess (down, or up where merges freed bits; doubled after a step that changed nothing, since a
+    layer whose classes merge into one keeps its size until the target falls below the narrower class), then by
+    bisection to the largest budget that fits (a codebook's size depends on its width, so the excess is not a
+    constant offset) — and what is left below the budget goes to single upgrades (`fill_classes`). `options` go
+    to the allocator. The returned allocation's `extra["storable_bits_exact"]` is its measured size; when even the
+    narrowest widths do not fit it misses the budget (the size says by how much)."""
+    from bayesquant.allocation.allocators import allocate
+
+    mask = allowed_mask(table, min_bits, max_bits)
+    column = table.granularity == "column"
+
+    def measured(alloc: Allocation) -> tuple[Allocation, float]:  # with its exact size, and its excess
+        by_module = alloc.per_module()
+        stored = sum(layer_bits(name, torch.tensor(w)) for name, w in by_module.items()) / n_weights
+        alloc.extra["storable_bits_exact"] = stored
+        return alloc, stored - bits
+
+    def allocation(target: float) -> tuple[Allocation, float]:
+        alloc = allocate(table, Budget(target, BudgetKind.STORABLE), allocator, min_bits=min_bits, max_bits=max_bits,
+                         **options)  # fmt: skip
+        return measured(merge_classes(alloc, layer_bits, mask) if column else alloc)
+
+    fits, lo, hi, target = None, None, None, bits
+    scale, last = 1.0, None
+    for _ in range(12):  # bracket the budget: step by the excess until one target fits and a larger one does not
+        alloc, excess = allocation(target)
+        if excess == last:  # the step changed nothing (merging undid it): double the next
+            scale *= 2
+        last = excess
+        if excess <= TOLERANCE:
+            if fits is None or target > fits[0]:
+                fits = (target, alloc, excess)
+            if excess > -TOLERANCE:
+                return alloc
+            lo = target
+            if hi is not None:
+                break
+            target += max(-excess, 0.01) * scale  # under the budget (merged classes freed bits): step up
+        else:
+            hi = target
+            if lo is not None:
+                break
+            target = max(target - max(excess, 0.01) * scale, 1e-3)
+    if fits is None:
+        return alloc  # the narrowest widths allowed do not fit: the budget is missed (reported in the size)
+    if hi is not None:  # bisect between the largest budget that fits and the smallest that does not
+        lo = fits[0]
+        for _ in range(10):
+            if fits[2] > -TOLERANCE or hi - lo < 1e-3:
+                break
+            mid = (lo + hi) / 2
+            alloc, excess = allocation(mid)
+            if excess <= TOLERANCE:
+                lo, fits = mid, (mid, alloc, excess)
+            else:
+                hi = mid
+    alloc, excess = fits[1], fits[2]
+    if column and excess < -TOLERANCE:  # merges make the size jump: spend what is left over
+        alloc, _ = measured(fill_classes(alloc, layer_bits, -excess * n_weights, mask))
+    return alloc

@@ -79,6 +79,17 @@ def stores_permutation(widths: torch.Tensor, group_size: int | None, act_order: 
     return act_order or not bool(torch.all(widths[:-1] >= widths[1:]))
 
 
+def _loss_table(
+    loss: torch.Tensor, widths: torch.Tensor, rows: int, candidates: tuple[int, ...], theta: float
+) -> CostTable:
+    """BAQ's model of one layer as a column cost table: cost[j, b] = L_j·2^(−θ(b − b_j)), L_j measured at b_j."""
+    w = torch.tensor(candidates, dtype=torch.float64)
+    c = loss.double().clamp_min(1e-30)[:, None] * torch.pow(2.0, -theta * (w[None, :] - widths.double()[:, None]))
+    columns = len(loss)
+    return CostTable(c, torch.full((columns,), float(rows)), candidates, modules=["layer"] * columns,
+                     granularity="column")  # fmt: skip
+
+
 def equal_loss_widths(
     loss: torch.Tensor,
     widths: torch.Tensor,
@@ -92,10 +103,7 @@ def equal_loss_widths(
 ) -> torch.Tensor:
     """Per-column widths (columns,) for column losses `loss` measured at `widths`, under `budget` (mean bits per
     weight of the layer, counted in code bits; `storable_widths` handles storable budgets)."""
-    w = torch.tensor(candidates, dtype=torch.float64)
-    c = loss.double().clamp_min(1e-30)[:, None] * torch.pow(2.0, -theta * (w[None, :] - widths.double()[:, None]))
-    columns = len(loss)
-    table = CostTable(c, torch.full((columns,), float(rows)), candidates, granularity="column")
+    table = _loss_table(loss, widths, rows, candidates, theta)
     alloc = allocate(table, budget, "baq", min_bits=min_bits, max_bits=max_bits, theta=theta)
     return alloc.bits
 
@@ -108,38 +116,52 @@ def storable_widths(
     group_size: int | None,
     codebook: bool = False,
     act_order: bool = True,
-    **kw,
+    *,
+    candidates: tuple[int, ...] = (2, 3, 4, 5, 6, 8),
+    theta: float = THETA,
+    min_bits: int | None = None,
+    max_bits: int | None = None,
 ) -> torch.Tensor:
-    """`equal_loss_widths` under a budget counted exactly as `mixed_stored_bits` counts it: for a storable
-    budget the nominal target is lowered by the grid and permutation bits of the previous try until the layer
-    fits (a few tries: the partial grids depend on how many columns each width gets)."""
+    """`equal_loss_widths` under a budget counted exactly as `mixed_stored_bits` counts it. A storable budget is
+    searched for like BayesQ's (`allocation.classes.allocate_storable`): width classes whose grids cost more
+    than BAQ's loss model says they gain are merged into a neighbour, and the bits freed go to the columns that
+    gain most."""
     if budget.kind == BudgetKind.NOMINAL:
-        return equal_loss_widths(loss, widths, rows, budget, **kw)
-    n = rows * len(loss)
-    target = budget.bits - grid_bits(round(budget.bits), codebook) / (group_size or len(loss))
-    for _ in range(6):
-        out = equal_loss_widths(loss, widths, rows, Budget(max(target, 1.0)), **kw)
-        excess = mixed_stored_bits(out, rows, group_size, codebook, act_order) / n - budget.bits
-        if excess <= 1e-9:
-            break
-        target -= excess
-    return out
+        return equal_loss_widths(loss, widths, rows, budget, candidates=candidates, theta=theta, min_bits=min_bits,
+                                 max_bits=max_bits)  # fmt: skip
+    from bayesquant.allocation.classes import allocate_storable
+
+    table = _loss_table(loss, widths, rows, candidates, theta)
+
+    def layer_bits(_name: str, w: torch.Tensor) -> float:
+        return mixed_stored_bits(w, rows, group_size, codebook, act_order)
+
+    alloc = allocate_storable(table, budget.bits, layer_bits, rows * len(loss), "baq", min_bits=min_bits,
+                              max_bits=max_bits, theta=theta)  # fmt: skip
+    return alloc.bits
 
 
-def storable_to_nominal(shapes: list[tuple[int, int]], bits: float, group_size: int | None, codebook: bool) -> float:
-    """The nominal width every layer gets so that a model of these (rows, columns) layers stores about `bits` per
-    weight: the storable budget less the model's grid and permutation bits per weight, each layer assumed to end
-    with three width classes (its grids plus two partial ones) and a stored permutation (a 2-bit segment map
-    per column with one grid per row, int16 indices with act-order groups). BAQ shares a
-    budget equally across layers (the paper); counting a storable budget per layer instead would leave a
-    16-column shortcut convolution, whose per-row grids alone cost 2 bits per weight, at 1 bit."""
+def storable_shares(
+    shapes: list[tuple[int, int]], bits: float, group_size: int | None, codebook: bool, classes: int = 2
+) -> list[float]:
+    """The storable budget of each (rows, columns) layer for a model budget of `bits` per weight: every layer the
+    same code bits per weight, plus the storage of `classes` width classes of its own — their grids (a float16
+    scale and zero, or a codebook, per row and group of `group_size` columns, a partial group per extra class)
+    and the column map (int16 indices with a group size, else a segment map). Two classes by default: a mean
+    width between two integers needs two, and where the second class does not pay for its grids
+    (`storable_widths` merges it) the layer spends them on one class's codes instead. The shares add up to the
+    model's budget exactly. BAQ shares a budget equally across layers (the paper); a flat storable budget per
+    layer would leave a 16-column shortcut convolution, whose per-row grids alone cost 2 bits per weight, at
+    1 bit."""
     ref = max(round(bits), 1)
-    perm = 2 if not group_size else 16
-    overhead = sum(
-        rows * (math.ceil(cols / (group_size or cols)) + 2) * grid_bits(ref, codebook) + perm * cols
+    col_bits = 0 if classes < 2 else 16 if group_size else math.ceil(math.log2(classes))  # the column map
+    over = [
+        rows * (math.ceil(cols / (group_size or cols)) + classes - 1) * grid_bits(ref, codebook) + col_bits * cols
         for rows, cols in shapes
-    )  # fmt: skip
-    return bits - overhead / sum(rows * cols for rows, cols in shapes)
+    ]  # fmt: skip
+    sizes = [rows * cols for rows, cols in shapes]
+    code = bits - sum(over) / sum(sizes)
+    return [code + o / n for o, n in zip(over, sizes, strict=True)]
 
 
 def baq_quantize(
