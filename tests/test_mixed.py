@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -185,7 +186,17 @@ def test_mixed_methods_on_digit_cnn_save_load_and_keep_accuracy(method, quantize
     result = quantize("digit-cnn", cfg)
     out = result.save(tmp_path / method)
     size = size_report(out)
-    assert 3.4 < size["storable_bits"] <= 3.5 + 0.01
+    assert 3.47 < size["storable_bits"] <= 3.5 + 0.01
+    if method == "baq":  # each layer's budget is its share plus what the layer before left unspent
+        names = [m.name for m in result.report.modules]
+        n = {m.name: math.prod(m.shape) for m in result.report.modules}
+        shares, notes = result.log.plan_meta["layer_storable_bits"], result.log.notes
+        for prev, name in itertools.pairwise(names):
+            stored = mixed_stored_bits(torch.tensor(result.log.widths[prev]), result.report.qweights[prev].shape[0],
+                                       None) / n[prev]  # fmt: skip
+            left = (notes[prev]["budget"] - stored) * n[prev]
+            assert notes[name]["budget"] == pytest.approx(shares[name] + left / n[name])
+        assert sum(shares[k] * n[k] for k in names) == pytest.approx(3.5 * sum(n.values()))
     meta = json.loads((out / "config.json").read_text())
     widths = [w for spec in meta["plan"].values() for w in spec.get("column_bits", [])]
     assert len(set(widths)) > 1  # mixed precision happened
