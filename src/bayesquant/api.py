@@ -153,7 +153,7 @@ def _baq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
     log.plan_meta = {"allocator": "baq", "budget": {"bits": budget.bits, "kind": budget.kind.value},
                      "rounds": cfg.rounds}  # fmt: skip
     shares: dict[str, float] = {}
-    carry = [0.0]  # stored bits the layers quantized so far left unspent (negative: overspent)
+    carry = 0.0  # stored bits the layer quantized last left unspent (negative: overspent)
     if cfg.budget == "storable":  # each layer the same code bits plus two width classes' grids and map of its own
         from bayesquant.solvers.mixed import storable_shares
 
@@ -164,18 +164,19 @@ def _baq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         log.plan_meta["layer_storable_bits"] = shares
 
     def solve(name: str, module: nn.Module, H: torch.Tensor | None) -> QuantizedWeight:
+        nonlocal carry
         assert H is not None
         n = _weight(module).numel()
         # a storable share is met only up to the layer's granularity (a grid per row is 32/columns bits per
         # weight): what one layer leaves unspent goes to the next, so the model meets its budget
-        layer_budget = Budget(shares[name] + carry[0] / n, "storable") if shares else budget
+        layer_budget = Budget(shares[name] + carry / n, "storable") if shares else budget
         result, widths, trace = baq_quantize(
             _weight(module), H, layer_budget, group_size=cfg.group_size, rounds=cfg.rounds, min_bits=cfg.min_bits,
             max_bits=cfg.max_bits, act_order=bool(cfg.act_order), damp=cfg.damp, block_size=cfg.block_size,
             grid=cfg.grid, symmetric=cfg.symmetric, codebook=_codebook(cfg),
         )  # fmt: skip
         if shares:
-            carry[0] = (layer_budget.bits - trace.spent[trace.kept]) * n
+            carry = (layer_budget.bits - trace.spent[trace.kept]) * n
         log.widths[name] = widths.tolist()
         log.notes[name] = {"round_bits": trace.bits, "round_loss": trace.loss, "kept_round": trace.kept,
                            "met_budget": trace.met_budget, "budget": layer_budget.bits}  # fmt: skip

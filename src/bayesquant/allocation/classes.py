@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from bayesquant.allocation.allocators import allocate
 from bayesquant.allocation.table import Allocation, Budget, BudgetKind, CostTable, allowed_mask
 
 TOLERANCE = 0.002  # bits per weight: a storable budget counts as met up to this excess
@@ -177,8 +178,6 @@ def allocate_storable(
     constant offset) — and what is left below the budget goes to single upgrades (`fill_classes`). `options` go
     to the allocator. The returned allocation's `extra["storable_bits_exact"]` is its measured size; when even the
     narrowest widths do not fit it misses the budget (the size says by how much)."""
-    from bayesquant.allocation.allocators import allocate
-
     mask = allowed_mask(table, min_bits, max_bits)
     column = table.granularity == "column"
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bayesquant.allocation.allocators import allocate
+from bayesquant.allocation.classes import allocate_storable
 from bayesquant.allocation.table import Budget, BudgetKind, CostTable
 from bayesquant.solvers.gptq import GPTQResult, gptq_quantize_mixed
 
@@ -129,8 +130,6 @@ def storable_widths(
     if budget.kind == BudgetKind.NOMINAL:
         return equal_loss_widths(loss, widths, rows, budget, candidates=candidates, theta=theta, min_bits=min_bits,
                                  max_bits=max_bits)  # fmt: skip
-    from bayesquant.allocation.classes import allocate_storable
-
     table = _loss_table(loss, widths, rows, candidates, theta)
 
     def layer_bits(_name: str, w: torch.Tensor) -> float:
