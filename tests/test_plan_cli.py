@@ -169,6 +169,23 @@ def test_mc_task_loss_table_measures_the_loss_increase():
     assert drawn.meta["samples"] == 3 and torch.isfinite(drawn.cost).all()
 
 
+def test_a_measured_table_that_cannot_tell_widths_apart_still_spends_the_budget():
+    from bayesquant.allocation.costs import _resolve_noise
+    from bayesquant.allocation.table import CostTable
+
+    # as measured on digit-cnn: the calibration loss rises a little at 2 bits and by nothing (or by noise,
+    # 2e-5 at 8 bits after 0 at 4) above it
+    measured = torch.tensor([[2e-3, 0.0, 0.0, 2e-5], [1e-3, 1e-4, 0.0, 0.0]], dtype=torch.float64)
+    closed = torch.tensor([[9.0, 5.0, 2.0, 1.0], [4.0, 3.0, 2.5, 2.0]], dtype=torch.float64)
+    cost = _resolve_noise(measured, closed)
+    assert (cost[:, 1:] < cost[:, :-1]).all()  # strictly falling: every upgrade gains something
+    torch.testing.assert_close(cost, torch.cummin(measured, 1).values, atol=1e-11, rtol=0)  # measurement rules
+    table = CostTable(cost, torch.tensor([1000.0, 1000.0]), (2, 4, 6, 8), modules=["a", "b"])
+    assert allocate(table, Budget(6.0)).nominal_bits == pytest.approx(6.0)  # not 3: the budget is spent
+    # the measured order decides first (b's 2 → 4 gains 9e-4, a's 4 → 6 only the tie-breaker)
+    assert allocate(table, Budget(4.0)).per_module() == {"a": [4], "b": [4]}
+
+
 @pytest.mark.integration
 def test_allocate_with_the_task_loss_on_real_data(capsys, tmp_path):
     post = tmp_path / "dc.safetensors"

@@ -282,8 +282,14 @@ def _allocate_exactly(table, post, cfg: QuantizeConfig):
         return mixed_stored_bits(w, rows, cfg.group_size, codebook, act_order)
 
     n = sum(post.mean[name].numel() for name in post.names)
-    return allocate_storable(table, float(cfg.bits), layer_bits, n, cfg.allocator, min_bits=cfg.min_bits,
-                             max_bits=cfg.max_bits)  # fmt: skip
+    alloc = allocate_storable(table, float(cfg.bits), layer_bits, n, cfg.allocator, min_bits=cfg.min_bits,
+                              max_bits=cfg.max_bits)  # fmt: skip
+    stored = alloc.extra["storable_bits_exact"]
+    if abs(stored - float(cfg.bits)) > 0.01:  # coarse groups (one width per layer) or widths that cannot go lower
+        log.warning("--bits %s --budget storable: not met; the nearest allocation stores %.3f bits per weight%s",
+                    cfg.bits, stored, " (one width per layer; --granularity column comes closer)"
+                    if table.granularity == "layer" else "")  # fmt: skip
+    return alloc
 
 
 def _candidates(cfg: QuantizeConfig) -> tuple[int, ...]:

@@ -397,9 +397,11 @@ def allocate(
     min_bits: int | None = None,
     max_bits: int | None = None,
     pinned: dict[str, int] | None = None,
+    warn: bool = True,
     **options: Any,
 ) -> Allocation:
-    """Widths for every group of `table` under `budget` (mean bits per weight, nominal or storable)."""
+    """Widths for every group of `table` under `budget` (mean bits per weight, nominal or storable); `warn`:
+    log when the budget is missed (off where a search tries budgets of its own)."""
     import bayesquant.allocation.random_bits  # noqa: F401  (registers "random_bits")
 
     budget = budget if isinstance(budget, Budget) else Budget(float(budget))
@@ -411,7 +413,8 @@ def allocate(
     alloc = Allocation(choice.long(), table, allocator, budget)
     if allocator == "random_bits" and hasattr(fn, "last_extra"):
         alloc.extra |= fn.last_extra
-    check_budget(alloc, total)
+    if warn:
+        check_budget(alloc, total)
     return alloc
 
 

@@ -177,7 +177,7 @@ def allocate_storable(
     bisection to the largest budget that fits (a codebook's size depends on its width, so the excess is not a
     constant offset) — and what is left below the budget goes to single upgrades (`fill_classes`). `options` go
     to the allocator. The returned allocation's `extra["storable_bits_exact"]` is its measured size; when even the
-    narrowest widths do not fit it misses the budget (the size says by how much)."""
+    narrowest widths do not fit it misses the budget (the size says by how much): the caller reports it."""
     mask = allowed_mask(table, min_bits, max_bits)
     column = table.granularity == "column"
 
@@ -189,7 +189,7 @@ def allocate_storable(
 
     def allocation(target: float) -> tuple[Allocation, float]:
         alloc = allocate(table, Budget(target, BudgetKind.STORABLE), allocator, min_bits=min_bits, max_bits=max_bits,
-                         **options)  # fmt: skip
+                         warn=False, **options)  # fmt: skip
         return measured(merge_classes(alloc, layer_bits, mask) if column else alloc)
 
     fits, lo, hi, target = None, None, None, bits
