@@ -212,7 +212,8 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
                                 group_size=cfg.group_size, seed=cfg.seed)  # fmt: skip
     else:
         table = posterior_cost_table(post, granularity=cfg.granularity, metric=cfg.metric, bits=_candidates(cfg),
-                                     quantizer=cfg.quantizer, group_size=cfg.group_size)  # fmt: skip
+                                     quantizer=cfg.quantizer, group_size=cfg.group_size,
+                                     progress=_progress("cost table"))  # fmt: skip
     alloc = _allocate_exactly(table, post, cfg)
     per_module = alloc.per_module()
     storable = alloc.extra.get("storable_bits_exact", alloc.storable_bits)
@@ -257,7 +258,16 @@ def task_loss_table(
     likelihood = "causal_lm" if loaded.task.value == "causal_lm" else "classification"
     modules = loaded.family.quantizable_modules(loaded.module)
     return mc_task_loss_table(loaded.module, post, modules, nll_loss(batches, likelihood), bits=bits,
-                              quantizer=quantizer, group_size=group_size, samples=samples, seed=seed)  # fmt: skip
+                              quantizer=quantizer, group_size=group_size, samples=samples, seed=seed,
+                              progress=_progress("task-loss table"))  # fmt: skip
+
+
+def _progress(desc: str) -> Callable:
+    """A progress bar over a table's modules (a language model's table takes minutes: Lloyd–Max codebooks at
+    every width, or a forward pass per module and width)."""
+    from tqdm.auto import tqdm
+
+    return lambda items: tqdm(items, desc=desc, unit="module", mininterval=1.0, disable=len(items) < 8)
 
 
 def _allocate_exactly(table, post, cfg: QuantizeConfig):

@@ -168,6 +168,7 @@ def mc_task_loss_table(
     group_size: int | None = None,
     samples: int = 1,
     seed: int = 0,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> CostTable:
     """cost[l, b] = E[loss(model with layer l at Q_b(μ_l))] − E[loss(model)], the expectation over `samples`
     draws of the other layers' weights from the posterior (samples=1: the posterior mean, no draw); floored at
@@ -181,7 +182,7 @@ def mc_task_loss_table(
         with post.weights_in(modules, w):
             base += loss(model) / len(draws)
     cost = torch.zeros(len(modules), len(bits), dtype=torch.float64)
-    for li, name in enumerate(modules):
+    for li, name in enumerate(modules if progress is None else progress(list(modules))):
         mu = post.mean[name].flatten(1)
         for k, b in enumerate(bits):
             q = (mu - quantization_error(mu, b, quantizer, group_size)).reshape(post.mean[name].shape)
