@@ -207,6 +207,22 @@ def test_mixed_methods_on_digit_cnn_save_load_and_keep_accuracy(method, quantize
     torch.testing.assert_close(loaded.module(x), result.model.module(x))
 
 
+def test_bayesq_grid_range_defaults_to_the_model_familys():
+    from bayesquant.config import QuantizeConfig
+    from bayesquant.models.family import FAMILIES
+
+    cfg = QuantizeConfig(method="bayesq", bits=3.0)
+    assert cfg.grid is None  # settled by the model
+    assert cfg.for_model(FAMILIES["resnet"]).grid == "minmax"
+    assert cfg.for_model(FAMILIES["small-net"]).grid == "minmax"
+    assert cfg.for_model(FAMILIES["llama"]).grid == "mse"
+    assert cfg.for_model(FAMILIES["bert-classifier"]).grid == "mse"
+    given = QuantizeConfig(method="bayesq", bits=3.0, grid="mse")
+    assert given.for_model(FAMILIES["resnet"]).grid == "mse"  # what the user asks for wins
+    assert QuantizeConfig(method="baq", bits=3.0).grid == "mse"  # BAQ's does not depend on the model
+    assert QuantizeConfig(method="gptq", bits=3).grid == "minmax"
+
+
 def test_mixed_method_config_errors():
     from bayesquant.config import QuantizeConfig
     from bayesquant.errors import UserError
@@ -270,6 +286,7 @@ def test_bayesq_with_the_task_loss_table_on_digit_cnn():
     cfg = QuantizeConfig(method="bayesq", bits=3.0, metric="mc_task_loss", granularity="layer", nsamples=128,
                          posterior_nsamples=128, max_bits=6)  # fmt: skip
     result = quantize("digit-cnn", cfg)
+    assert result.config.grid == "minmax"  # the small nets' grid range, recorded as used
     assert result.log.plan_meta["metric"] == "mc_task_loss"
     widths = {name: set(w) for name, w in result.log.widths.items()}
     assert all(len(w) == 1 for w in widths.values())  # one width per layer

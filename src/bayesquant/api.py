@@ -351,6 +351,7 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
 
     start = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    config = config.for_model(loaded.family)
     spec = METHODS.get(config.method.value)
     solve_log = SolveLog()
     solve = spec.make_solver(config, loaded, solve_log)

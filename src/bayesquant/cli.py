@@ -367,7 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantizer", default="uniform", help="codebook: uniform | quantile | lloyd_max")
     p.add_argument("--plan", help="PLAN.json from `bayesquant allocate` (layer or column plans; replaces --bits)")
     p.add_argument("--budget", default="nominal", help="bayesq/baq: what --bits counts: nominal | storable")
-    p.add_argument("--grid", help="uniform range: minmax | mse (importance-weighted; default for bayesq/baq)")
+    p.add_argument(
+        "--grid",
+        help="uniform range: minmax | mse (importance-weighted; default for baq, and for "
+        "bayesq on transformers; bayesq on CNNs: minmax)",
+    )
     p.add_argument("--min-bits", type=_positive_int, help="bayesq/baq: smallest width (default 2 / 1)")
     p.add_argument("--max-bits", type=_positive_int, help="bayesq/baq: largest width (default 8)")
     p.add_argument("--posterior", help="bayesq: posterior FILE (default: fit a diagonal Laplace posterior)")

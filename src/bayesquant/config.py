@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 
 from bayesquant.errors import UserError
@@ -49,7 +49,8 @@ class QuantizeConfig:
     Mixed-precision methods (bayesq, baq): `bits` is the budget, a mean number of bits per weight (fractional
     allowed), counted as `budget` says — "nominal" (code bits) or "storable" (codes + grids). grid: the range
     of each uniform grid, "minmax" (the reference's) or "mse" (minimising the importance-weighted error:
-    BayesQ's precision-weighted distortion; the default of both mixed methods). min_bits/max_bits bound the
+    BayesQ's precision-weighted distortion; BAQ's default, and BayesQ's on transformers — None leaves BayesQ's
+    to the model family, `for_model`: min–max on convolutional nets). min_bits/max_bits bound the
     widths. BayesQ: `posterior` a FILE from `bayesquant posterior` (None: a diagonal Laplace posterior is
     fitted on `posterior_nsamples` calibration examples), `allocator` and `granularity` of the allocation,
     `metric` of its cost table ("expected_loss": the posterior-expected loss increase, closed form, weighting
@@ -82,7 +83,7 @@ class QuantizeConfig:
     quantizer: str = "uniform"
     plan: str | None = None
     budget: str = "nominal"
-    grid: str | None = None  # None: minmax for rtn/gptq (the reference), mse for bayesq/baq
+    grid: str | None = None  # None: minmax for rtn/gptq (the reference), mse for baq, the family's for bayesq
     min_bits: int | None = None
     max_bits: int | None = None
     posterior: str | None = None
@@ -114,13 +115,13 @@ class QuantizeConfig:
             )
         if self.act_order is None:
             object.__setattr__(self, "act_order", self.mixed)
-        if self.grid is None:
+        if self.grid is None and self.method != Method.BAYESQ:  # BayesQ's depends on the model (`for_model`)
             object.__setattr__(self, "grid", "mse" if self.mixed else "minmax")
         for arg, value, valid in (("--budget", self.budget, ("nominal", "storable")), ("--grid", self.grid,
                                   GRID_CHOICES), ("--solver", self.solver, SOLVER_CHOICES),
                                   ("--granularity", self.granularity, ("layer", "column")),
                                   ("--metric", self.metric, METRIC_CHOICES)):  # fmt: skip
-            if value not in valid:
+            if value not in valid and not (arg == "--grid" and value is None):  # None: BayesQ's, per model
                 raise UserError(f"{arg} {value!r}: unknown; valid: {', '.join(valid)}")
         for arg, value in (("--min-bits", self.min_bits), ("--max-bits", self.max_bits)):
             if value is not None and not 1 <= value <= 8:
@@ -165,6 +166,13 @@ class QuantizeConfig:
         from bayesquant.solvers.distill import DistillSettings
 
         return DistillSettings(self.distill_steps, self.distill_lr, self.distill_params)
+
+    def for_model(self, family) -> QuantizeConfig:
+        """This configuration with what depends on the model settled: BayesQ's grid range, when not given,
+        is the family's (`Family.bayesq_grid`)."""
+        if self.grid is not None:
+            return self
+        return replace(self, grid=family.bayesq_grid)
 
     def to_dict(self) -> dict:
         d = asdict(self)
