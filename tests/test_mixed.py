@@ -207,7 +207,7 @@ def test_mixed_methods_on_digit_cnn_save_load_and_keep_accuracy(method, quantize
     torch.testing.assert_close(loaded.module(x), result.model.module(x))
 
 
-def test_bayesq_grid_range_defaults_to_the_model_familys():
+def test_mixed_grid_range_defaults_to_the_model_familys():
     from bayesquant.config import QuantizeConfig
     from bayesquant.models.family import FAMILIES
 
@@ -219,7 +219,9 @@ def test_bayesq_grid_range_defaults_to_the_model_familys():
     assert cfg.for_model(FAMILIES["bert-classifier"]).grid == "mse"
     given = QuantizeConfig(method="bayesq", bits=3.0, grid="mse")
     assert given.for_model(FAMILIES["resnet"]).grid == "mse"  # what the user asks for wins
-    assert QuantizeConfig(method="baq", bits=3.0).grid == "mse"  # BAQ's does not depend on the model
+    baq = QuantizeConfig(method="baq", bits=3.0)
+    assert baq.grid is None and baq.for_model(FAMILIES["resnet"]).grid == "minmax"
+    assert baq.for_model(FAMILIES["llama"]).grid == "mse"
     assert QuantizeConfig(method="gptq", bits=3).grid == "minmax"
 
 

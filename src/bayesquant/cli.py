@@ -369,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="nominal", help="bayesq/baq: what --bits counts: nominal | storable")
     p.add_argument(
         "--grid",
-        help="uniform range: minmax | mse (importance-weighted; default for baq, and for "
-        "bayesq on transformers; bayesq on CNNs: minmax)",
+        help="uniform range: minmax | mse (importance-weighted); bayesq/baq default: mse on transformers, "
+        "minmax on CNNs",
     )
     p.add_argument("--min-bits", type=_positive_int, help="bayesq/baq: smallest width (default 2 / 1)")
     p.add_argument("--max-bits", type=_positive_int, help="bayesq/baq: largest width (default 8)")

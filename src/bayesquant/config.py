@@ -49,8 +49,8 @@ class QuantizeConfig:
     Mixed-precision methods (bayesq, baq): `bits` is the budget, a mean number of bits per weight (fractional
     allowed), counted as `budget` says — "nominal" (code bits) or "storable" (codes + grids). grid: the range
     of each uniform grid, "minmax" (the reference's) or "mse" (minimising the importance-weighted error:
-    BayesQ's precision-weighted distortion; BAQ's default, and BayesQ's on transformers — None leaves BayesQ's
-    to the model family, `for_model`: min–max on convolutional nets). min_bits/max_bits bound the
+    BayesQ's precision-weighted distortion, BAQ's diag-H-weighted error). None: the model family's
+    (`for_model`): the search on transformers, min–max on convolutional nets. min_bits/max_bits bound the
     widths. BayesQ: `posterior` a FILE from `bayesquant posterior` (None: a diagonal Laplace posterior is
     fitted on `posterior_nsamples` calibration examples), `allocator` and `granularity` of the allocation,
     `metric` of its cost table ("expected_loss": the posterior-expected loss increase, closed form, weighting
@@ -83,7 +83,7 @@ class QuantizeConfig:
     quantizer: str = "uniform"
     plan: str | None = None
     budget: str = "nominal"
-    grid: str | None = None  # None: minmax for rtn/gptq (the reference), mse for baq, the family's for bayesq
+    grid: str | None = None  # None: minmax for rtn/gptq (the reference), the family's for bayesq/baq
     min_bits: int | None = None
     max_bits: int | None = None
     posterior: str | None = None
@@ -115,13 +115,13 @@ class QuantizeConfig:
             )
         if self.act_order is None:
             object.__setattr__(self, "act_order", self.mixed)
-        if self.grid is None and self.method != Method.BAYESQ:  # BayesQ's depends on the model (`for_model`)
-            object.__setattr__(self, "grid", "mse" if self.mixed else "minmax")
+        if self.grid is None and not self.mixed:  # the mixed methods' depends on the model (`for_model`)
+            object.__setattr__(self, "grid", "minmax")
         for arg, value, valid in (("--budget", self.budget, ("nominal", "storable")), ("--grid", self.grid,
                                   GRID_CHOICES), ("--solver", self.solver, SOLVER_CHOICES),
                                   ("--granularity", self.granularity, ("layer", "column")),
                                   ("--metric", self.metric, METRIC_CHOICES)):  # fmt: skip
-            if value not in valid and not (arg == "--grid" and value is None):  # None: BayesQ's, per model
+            if value not in valid and not (arg == "--grid" and value is None):  # None: settled per model
                 raise UserError(f"{arg} {value!r}: unknown; valid: {', '.join(valid)}")
         for arg, value in (("--min-bits", self.min_bits), ("--max-bits", self.max_bits)):
             if value is not None and not 1 <= value <= 8:
@@ -168,11 +168,11 @@ class QuantizeConfig:
         return DistillSettings(self.distill_steps, self.distill_lr, self.distill_params)
 
     def for_model(self, family) -> QuantizeConfig:
-        """This configuration with what depends on the model settled: BayesQ's grid range, when not given,
-        is the family's (`Family.bayesq_grid`)."""
+        """This configuration with what depends on the model settled: the mixed methods' grid range, when not
+        given, is the family's (`Family.mixed_grid`)."""
         if self.grid is not None:
             return self
-        return replace(self, grid=family.bayesq_grid)
+        return replace(self, grid=family.mixed_grid)
 
     def to_dict(self) -> dict:
         d = asdict(self)

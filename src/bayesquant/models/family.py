@@ -24,9 +24,9 @@ class Family:
     sequential: true-sequential groups of names relative to a block: modules of one group share their
         input and are quantized together, each group after the previous one is quantized (GPTQ's
         `--true-sequential`). Empty: every module of a block is its own group, in registration order.
-    bayesq_grid: BayesQ's grid range on this family when `--grid` is not given (docs/results.md, "BayesQ's
-        other options"): "mse" (the precision-weighted range search: transformers, whose rows have outliers)
-        or "minmax" (convolutional nets, where clipping each row's largest weights leaves the model
+    mixed_grid: the grid range of BayesQ and BAQ on this family when `--grid` is not given (docs/results.md,
+        "BayesQ's other options"): "mse" (the importance-weighted range search: transformers, whose rows have
+        outliers) or "minmax" (convolutional nets, where clipping each row's largest weights leaves the model
         under-confident and less accurate).
     """
 
@@ -35,7 +35,7 @@ class Family:
     quantizable: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
     skip: tuple[str, ...] = ()
     sequential: tuple[tuple[str, ...], ...] = ()
-    bayesq_grid: str = "mse"
+    mixed_grid: str = "mse"
 
     def quantizable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Qualified name → module, in registration (forward) order."""
@@ -80,10 +80,10 @@ FAMILIES: dict[str, Family] = {
         "bert-classifier", "encoder.encoder.layer", (nn.Linear,), skip=("encoder.pooler.*",), sequential=BERT_SEQUENTIAL
     ),
     # Small CNNs and MLPs: one block, every Linear/Conv2d quantizable.
-    "small-net": Family("small-net", blocks=None, bayesq_grid="minmax"),
+    "small-net": Family("small-net", blocks=None, mixed_grid="minmax"),
     # Residual nets: the stem, each residual block, and the head are processed in order.
-    "resnet": Family("resnet", blocks="net", bayesq_grid="minmax"),
-    # EfficientNet-Lite: its MBConv blocks (stem, head and classifier are handled after the blocks). BayesQ's
-    # grid stays the search: its 9-column depthwise rows are not measured.
+    "resnet": Family("resnet", blocks="net", mixed_grid="minmax"),
+    # EfficientNet-Lite: its MBConv blocks (stem, head and classifier are handled after the blocks). The mixed
+    # methods' grid stays the search: its 9-column depthwise rows are not measured.
     "efficientnet": Family("efficientnet", blocks="net._blocks"),
 }
