@@ -117,11 +117,12 @@ class QuantizeConfig:
             object.__setattr__(self, "act_order", self.mixed)
         if self.grid is None and not self.mixed:  # the mixed methods' depends on the model (`for_model`)
             object.__setattr__(self, "grid", "minmax")
-        for arg, value, valid in (("--budget", self.budget, ("nominal", "storable")), ("--grid", self.grid,
-                                  GRID_CHOICES), ("--solver", self.solver, SOLVER_CHOICES),
+        grid = () if self.grid is None else (("--grid", self.grid, GRID_CHOICES),)  # None: settled per model
+        for arg, value, valid in (("--budget", self.budget, ("nominal", "storable")), *grid,
+                                  ("--solver", self.solver, SOLVER_CHOICES),
                                   ("--granularity", self.granularity, ("layer", "column")),
                                   ("--metric", self.metric, METRIC_CHOICES)):  # fmt: skip
-            if value not in valid and not (arg == "--grid" and value is None):  # None: settled per model
+            if value not in valid:
                 raise UserError(f"{arg} {value!r}: unknown; valid: {', '.join(valid)}")
         for arg, value in (("--min-bits", self.min_bits), ("--max-bits", self.max_bits)):
             if value is not None and not 1 <= value <= 8:
