@@ -131,3 +131,19 @@ def test_smollm2_two_decoder_layers_on_real_text():
     torch.testing.assert_close(cut.hidden_states[1], full.hidden_states[1])
     # the last entry of hidden_states is after the final norm: compare the pre-norm output of layer 2
     assert torch.isfinite(cut.logits).all()
+
+
+@pytest.mark.integration
+def test_smollm2_calibration_is_the_references_windows_one_per_forward():
+    """GPTQ's protocol on SmolLM2 (DATA.md): windows drawn from the joined, tokenized `bbc-news:train` with
+    random.seed(0), and fed one per forward pass as the reference does."""
+    from bayesquant.data.calibration import calibration_batches
+    from bayesquant.data.text import tokenize
+
+    lm = load_model("smollm2-135m")
+    ids = tokenize(lm.tokenizer, load_dataset("bbc-news:train").joined())
+    assert ids.numel() == 1_031_526
+    batches = calibration_batches(lm, nsamples=5)
+    for (args, kwargs), start in zip(batches, [885440, 403958, 794772, 933488, 441001], strict=True):
+        assert args == () and kwargs["use_cache"] is False
+        assert torch.equal(kwargs["input_ids"], ids[start : start + 512].unsqueeze(0))
