@@ -93,3 +93,22 @@ def test_paired_bootstrap_brackets_the_difference_and_cancels_shared_noise(probs
     assert again == r
     with pytest.raises(ValueError, match="same examples"):
         M.paired_bootstrap(M.ece, probs, probs[:10], labels)
+
+
+def test_mcnemar_exact_counts_the_examples_only_one_model_gets_right():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    right = torch.nn.functional.one_hot(labels, 3).double()
+    wrong = right.roll(1, -1)
+    a = right.clone()
+    b = right.clone()
+    b[:10] = wrong[:10]  # B misses the first ten, A gets them: a 10-0 split
+    r = M.mcnemar_exact(a, b, labels)
+    assert (r["a_only"], r["b_only"]) == (10, 0)
+    assert r["p_value"] == pytest.approx(2 * 0.5**10)
+    b[0], a[10] = right[0], wrong[10]  # both right on the first, only B on the eleventh: 9-1
+    r = M.mcnemar_exact(a, b, labels)
+    assert (r["a_only"], r["b_only"]) == (9, 1)
+    assert r["p_value"] == pytest.approx(2 * (1 + 10) / 2**10)
+    assert M.mcnemar_exact(a, a.clone(), labels) == {"a_only": 0, "b_only": 0, "p_value": 1.0}
+    with pytest.raises(ValueError, match="same examples"):
+        M.mcnemar_exact(a, b[:5], labels)

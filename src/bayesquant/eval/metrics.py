@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
 _EPS = 1e-12
@@ -116,6 +117,19 @@ def paired_bootstrap(
     low, high = torch.quantile(diffs, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return {"difference": metric(probs_a, labels) - metric(probs_b, labels), "low": low, "high": high,
             "fraction_below_zero": float((diffs < 0).double().mean())}  # fmt: skip
+
+
+def mcnemar_exact(probs_a: torch.Tensor, probs_b: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Exact McNemar test of equal accuracy on the same examples: of the examples exactly one model gets right,
+    how many each gets, and the two-sided binomial p-value of that split under p = 1/2 (1.0 with none).
+    Returns {"a_only", "b_only", "p_value"}."""
+    if probs_a.shape != probs_b.shape or probs_a.shape[0] != labels.shape[0]:
+        raise ValueError(f"mcnemar_exact: shapes {tuple(probs_a.shape)}, {tuple(probs_b.shape)} and "
+                         f"labels {tuple(labels.shape)} must describe the same examples")  # fmt: skip
+    right_a, right_b = probs_a.argmax(-1) == labels, probs_b.argmax(-1) == labels
+    a_only, b_only = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
 
 
 def perplexity(mean_nll: float) -> float:
