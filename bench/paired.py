@@ -82,7 +82,7 @@ def main() -> None:
             fixes = sum(d["reference"] != d["label"] for d in alone)
             print(f"{who.upper()} alone right on {len(alone)}: the reference gets {fixes} of them wrong")
         print()
-    if discordant:
+    if discordant and args.show > 0:
         ref = " | reference | reference margin" if args.reference else ""
         print(f"| example | label | A | B{ref} |\n|---|---|---|---|" + ("---|---|" if args.reference else ""))
         for d in discordant[: args.show]:
