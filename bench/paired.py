@@ -78,8 +78,7 @@ def main() -> None:
           f"two-sided p = {mcnemar['p_value']:.3g}")  # fmt: skip
     if args.reference:
         for who in ("a", "b"):  # the examples one model alone gets right: does it fix the reference's mistakes?
-            alone = [d for d in discordant if d[who] == d["label"]]
-            fixes = sum(d["reference"] != d["label"] for d in alone)
+            alone, fixes = alone_right(discordant, who)
             print(f"{who.upper()} alone right on {len(alone)}: the reference gets {fixes} of them wrong")
         print()
     if discordant and args.show > 0:
@@ -106,11 +105,9 @@ def summarize(runs: list[dict]) -> None:
     for run in runs:
         acc, cells = run["metrics"]["accuracy"], []
         for who in ("a", "b"):
-            alone = [d for d in run["discordant"] if d[who] == d["label"]]
-            wrong = sum(d.get("reference", d["label"]) != d["label"] for d in alone)
+            alone, fixes = alone_right(run["discordant"], who)
             recur[who].update(d["index"] for d in alone)
-            cells.append(f"{len(alone)} ({wrong})" if "reference" in run["args"] and run["args"]["reference"] else
-                         f"{len(alone)}")  # fmt: skip
+            cells.append(f"{len(alone)} ({fixes})" if run["args"].get("reference") else f"{len(alone)}")
         print(f"| {run['file']} | {100 * acc['a']:.2f} | {100 * acc['b']:.2f} | {cells[0]} | {cells[1]} "
               f"| {run['mcnemar']['p_value']:.3g} |")  # fmt: skip
     for who in ("a", "b"):
@@ -118,6 +115,13 @@ def summarize(runs: list[dict]) -> None:
         again = {i: n for i, n in recur[who].most_common() if n > 1}
         print(f"\n{who.upper()} alone right {total} times on {len(recur[who])} distinct examples; in more than one "
               f"file: {again or 'none'}")  # fmt: skip
+
+
+def alone_right(discordant: list[dict], who: str) -> tuple[list[dict], int]:
+    """The differing examples model `who` ("a" or "b") gets right, and how many of them the reference gets wrong
+    (0 without a reference)."""
+    alone = [d for d in discordant if d[who] == d["label"]]
+    return alone, sum(d.get("reference", d["label"]) != d["label"] for d in alone)
 
 
 def discordant_examples(a, b, labels, ref=None) -> list[dict]:

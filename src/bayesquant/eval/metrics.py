@@ -90,6 +90,12 @@ def kl_divergence(ref_probs: torch.Tensor, probs: torch.Tensor) -> float:
     return float((r * (r.clamp_min(_EPS).log() - p.clamp_min(_EPS).log())).sum(-1).mean())
 
 
+def _check_paired(name: str, probs_a: torch.Tensor, probs_b: torch.Tensor, labels: torch.Tensor) -> None:
+    if probs_a.shape != probs_b.shape or probs_a.shape[0] != labels.shape[0]:
+        raise ValueError(f"{name}: shapes {tuple(probs_a.shape)}, {tuple(probs_b.shape)} and "
+                         f"labels {tuple(labels.shape)} must describe the same examples")  # fmt: skip
+
+
 def paired_bootstrap(
     metric: Callable[[torch.Tensor, torch.Tensor], float],
     probs_a: torch.Tensor,
@@ -102,9 +108,7 @@ def paired_bootstrap(
     """metric(a) − metric(b) on the same examples, with a percentile confidence interval from `resamples`
     bootstrap draws of the examples (the same draw for both models, so their shared noise cancels).
     Returns {"difference", "low", "high", "fraction_below_zero"}."""
-    if probs_a.shape != probs_b.shape or probs_a.shape[0] != labels.shape[0]:
-        raise ValueError(f"paired_bootstrap: shapes {tuple(probs_a.shape)}, {tuple(probs_b.shape)} and "
-                         f"labels {tuple(labels.shape)} must describe the same examples")  # fmt: skip
+    _check_paired("paired_bootstrap", probs_a, probs_b, labels)
     if resamples < 1 or not 0 < level < 1:
         raise ValueError(f"paired_bootstrap: resamples={resamples} must be ≥ 1 and level={level} in (0, 1)")
     gen = torch.Generator().manual_seed(seed)
@@ -123,9 +127,7 @@ def mcnemar_exact(probs_a: torch.Tensor, probs_b: torch.Tensor, labels: torch.Te
     """Exact McNemar test of equal accuracy on the same examples: of the examples exactly one model gets right,
     how many each gets, and the two-sided binomial p-value of that split under p = 1/2 (1.0 with none).
     Returns {"a_only", "b_only", "p_value"}."""
-    if probs_a.shape != probs_b.shape or probs_a.shape[0] != labels.shape[0]:
-        raise ValueError(f"mcnemar_exact: shapes {tuple(probs_a.shape)}, {tuple(probs_b.shape)} and "
-                         f"labels {tuple(labels.shape)} must describe the same examples")  # fmt: skip
+    _check_paired("mcnemar_exact", probs_a, probs_b, labels)
     right_a, right_b = probs_a.argmax(-1) == labels, probs_b.argmax(-1) == labels
     a_only, b_only = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
     p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
