@@ -62,9 +62,9 @@ def main() -> None:
             t = targets[metric]
             r = M.paired_bootstrap(fn, a, b, t, resamples=args.resamples, seed=args.seed)
             rows[metric] = {"a": fn(a, t), "b": fn(b, t)} | r
-    disagree = int((a.argmax(-1) != b.argmax(-1)).sum())
     mcnemar = M.mcnemar_exact(a, b, labels)
     discordant = discordant_examples(a, b, labels, probs[args.reference] if args.reference else None)
+    disagree = len(discordant)
     print(f"A = {args.a}, B = {args.b} on {args.data} ({len(labels)} examples, {disagree} predicted differently; "
           f"95% paired-bootstrap intervals, {args.resamples} resamples"
           + (f"; agreement and KL against {args.reference}" if args.reference else "") + ")\n")  # fmt: skip
