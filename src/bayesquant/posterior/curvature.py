@@ -12,25 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def _unfold(module: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
-    """im2col of a conv input: (B, C·kh·kw, L), channel-major like the weight's (C, kh, kw) layout."""
-    if module.padding_mode != "zeros":
-        raise NotImplementedError(f"Conv2d padding_mode={module.padding_mode!r} is not supported")
-    if isinstance(module.padding, str):  # "same" / "valid": resolve to explicit zero padding
-        if module.padding == "valid":
-            pad = (0, 0)
-        else:
-            total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size, strict=True)]
-            if any(t % 2 for t in total):
-                a = F.pad(a, (0, total[1] % 2, 0, total[0] % 2))
-            pad = tuple(t // 2 for t in total)
-    else:
-        pad = module.padding
-    return F.unfold(a, module.kernel_size, dilation=module.dilation, padding=pad, stride=module.stride)
+from bayesquant.nn.patches import grouped_patches
 
 
 def per_example_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -41,21 +25,39 @@ def per_example_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> to
         return torch.bmm(g.transpose(1, 2), a)  # (B, out, in)
     if isinstance(module, nn.Conv2d):
         B, groups = a.shape[0], module.groups
-        cols = _unfold(module, a)  # (B, C·kh·kw, L)
-        cols = cols.reshape(B, groups, -1, cols.shape[-1])  # (B, groups, cin_g·kh·kw, L)
+        cols = grouped_patches(module, a)  # (B, groups, cin_g·kh·kw, L)
         g = g.reshape(B, groups, -1, cols.shape[-1])  # (B, groups, out_g, L)
         G = torch.einsum("bgol,bgkl->bgok", g, cols)  # (B, groups, out_g, cin_g·kh·kw)
         return G.reshape(B, *module.weight.shape)
     raise TypeError(f"per-example gradients of {type(module).__name__} are not implemented")
 
 
+CHUNK_ELEMENTS = 1 << 25  # per-example work tensors (unfolded patches, gradients) kept below 128 MB of float32
+
+
+def _examples_per_chunk(module: nn.Module, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """How many examples' per-example gradients (and, for a convolution, unfolded patches) fit CHUNK_ELEMENTS."""
+    per_example = module.weight.numel()
+    if isinstance(module, nn.Conv2d):  # the patches: cin·kh·kw values at each output position
+        per_example = max(
+            per_example, sum(module.weight[0].numel() * module.groups * g[0, 0].numel() for _, g in calls)
+        )
+    return max(1, CHUNK_ELEMENTS // per_example)
+
+
 def squared_grad_sum(module: nn.Module, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Σ_n G_n² over the batch, summing each example's gradient over every call of the module first."""
+    """Σ_n G_n² over the batch, summing each example's gradient over every call of the module first. Examples
+    are taken a chunk at a time, so a depthwise convolution's unfolded patches of a whole batch of 224 × 224
+    images (gigabytes) are never held at once."""
     if len(calls) == 1 and isinstance(module, nn.Linear) and calls[0][0].dim() == 2:
         a, g = calls[0]  # one position per example: G_n = g_n a_nᵀ, so Σ_n G_n² = (g²)ᵀ (a²)
         return (g * g).T @ (a * a)
-    G = sum(per_example_grads(module, a, g) for a, g in calls)
-    return (G * G).sum(0)
+    n, step = calls[0][0].shape[0], _examples_per_chunk(module, calls)
+    total = torch.zeros_like(module.weight, dtype=calls[0][0].dtype)
+    for s in range(0, n, step):
+        G = sum(per_example_grads(module, a[s : s + step], g[s : s + step]) for a, g in calls)
+        total += (G * G).sum(0)
+    return total
 
 
 class InputRecorder:
@@ -102,8 +104,7 @@ class InputRecorder:
             for a, _out in calls:
                 a = a.to(into[name].dtype)
                 if isinstance(module, nn.Conv2d):
-                    cols = _unfold(module, a)  # (B, C·kh·kw, L)
-                    cols = cols.reshape(a.shape[0], module.groups, -1, cols.shape[-1])
+                    cols = grouped_patches(module, a)  # (B, groups, cin_g·kh·kw, L)
                     into[name] += 2 * (cols * cols).sum((0, 3))  # (groups, cin_g·kh·kw)
                 else:
                     into[name] += 2 * (a * a).reshape(-1, a.shape[-1]).sum(0)  # (in,)

@@ -1,21 +1,26 @@
 """Accumulate the layer Hessian H = 2 X Xᵀ / N of a Linear or Conv2d layer's inputs (GPTQ eq. 1).
 
 Inputs arrive batch by batch (`add_batch`); H is a running mean kept in float32, so the result does not
-depend on how the calibration set is batched. Conv2d inputs are unfolded into (in·kh·kw) columns.
+depend on how the calibration set is batched. Conv2d inputs are unfolded into (in/groups·kh·kw) columns, padded
+as the layer pads them. A grouped convolution (groups > 1, e.g. depthwise) multiplies each group's rows with its
+own input channels: every group's patches count as rows of X, so H is the mean of the groups' Hessians — one
+matrix for all output rows, as GPTQ's solver and the packed format's one column order per layer need
+(docs/methods.md, GPTQ).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from bayesquant.nn.patches import grouped_patches
 
 
 def layer_inputs(layer: nn.Module, inp: torch.Tensor) -> torch.Tensor:
     """The rows of X for one batch: (n_rows, columns), columns = weight.flatten(1).shape[1]."""
     if isinstance(layer, nn.Conv2d):
-        cols = F.unfold(inp, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (b, c·kh·kw, L)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        cols = grouped_patches(layer, inp)  # (b, groups, c/groups·kh·kw, L)
+        return cols.permute(0, 3, 1, 2).reshape(-1, cols.shape[2])
     return inp.reshape(-1, inp.shape[-1])
 
 
