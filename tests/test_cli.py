@@ -129,3 +129,25 @@ def test_quantize_with_distillation_records_it_and_rejects_bad_settings(capsys, 
     assert extra["config"]["distill_steps"] == 4
     d = extra["distill"]
     assert d["steps"] == 4 and d["teacher_samples"] == 0 and d["loss_after"] <= d["loss_before"]
+
+
+def test_quantize_scores_an_unlabelled_image_folder_against_the_float_model(capsys, tmp_path):
+    """--eval images:DIR without class folders: agreement and KL with the float model; the folder is read before
+    the quantization, so a missing one fails at once."""
+    from PIL import Image
+
+    code, _, err = run(capsys, "quantize", "--model", "digit-cnn", "--method", "rtn", "--bits", "2",
+                       "--out", str(tmp_path / "q0"), "--eval", f"images:{tmp_path / 'nowhere'}")  # fmt: skip
+    assert_one_line_error(code, err, "no such folder")
+    assert not (tmp_path / "q0").exists()
+    rng = np.random.default_rng(0)
+    (tmp_path / "digits").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "digits" / f"{i}.png")
+    code, stdout, err = run(capsys, "quantize", "--model", "digit-cnn", "--method", "rtn", "--bits", "2",
+                            "--out", str(tmp_path / "q"), "--eval", f"images:{tmp_path / 'digits'}",
+                            "--json", str(tmp_path / "r.json"))  # fmt: skip
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert "accuracy" not in result and result["n"] == 6 and "agreement" in stdout
+    assert 0 <= result["agreement"] <= 1 and result["kl_to_reference"] > 0  # 2-bit RTN moves the predictions

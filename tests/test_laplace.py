@@ -94,6 +94,30 @@ def test_ggn_for_classification_is_the_expected_fisher():
         torch.testing.assert_close(lap.curvature_[n], r, rtol=0, atol=1e-10)
 
 
+def test_ggn_with_many_classes_is_an_unbiased_monte_carlo_estimate(monkeypatch):
+    """Beyond EXACT_GGN_CLASSES the GGN draws labels from the predictive: reproducible, its total matches the exact
+    sum over classes, and its error shrinks as examples are added (like 1/√n: 5× the examples, ≈ 2.2× less)."""
+    import bayesquant.posterior.laplace as L
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 80)).double()
+    x = torch.randn(2000, 6, dtype=torch.float64) * 2
+
+    def fit(n: int, exact_up_to: int) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(L, "EXACT_GGN_CLASSES", exact_up_to)
+        batches = [(x[i : i + 200], torch.zeros(200, dtype=torch.long)) for i in range(0, n, 200)]
+        return DiagLaplace(model, curvature="ggn", progress=False).fit(batches).curvature_
+
+    errors = {}
+    for n in (400, 2000):
+        exact, mc = fit(n, 100), fit(n, 64)
+        assert all(torch.equal(mc[k], v) for k, v in fit(n, 64).items())
+        for k in exact:
+            assert float(mc[k].sum() / exact[k].sum()) == pytest.approx(1.0, abs=0.02)
+        errors[n] = sum(float((mc[k] - exact[k]).abs().sum() / exact[k].sum()) for k in exact)
+    assert errors[2000] < 0.6 * errors[400] and errors[2000] < 0.1
+
+
 def test_sequence_inputs_sum_gradients_over_positions_before_squaring():
     """A Linear applied to (B, T, d): the per-example gradient sums over T, then squares (not Σ_t g_t²)."""
     torch.manual_seed(3)
@@ -233,3 +257,20 @@ def test_posterior_file_round_trip_and_mismatch(tmp_path):
         Posterior.load(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="finite and positive"):
         Posterior({"a": torch.zeros(2)}, {"a": torch.tensor([1.0, 0.0])})
+
+
+def test_per_example_gradients_taken_in_chunks_give_the_same_curvature(monkeypatch):
+    """Chunking the examples (to bound the memory of a convolution's unfolded patches) changes no number."""
+    import bayesquant.posterior.curvature as C
+
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 3),
+    ).double()  # fmt: skip
+    batch = (torch.randn(7, 2, 5, 5, dtype=torch.float64), torch.randint(0, 3, (7,)))
+    whole = DiagLaplace(model, curvature="ggn", progress=False).fit([batch]).curvature_
+    monkeypatch.setattr(C, "CHUNK_ELEMENTS", 1)  # one example at a time
+    chunked = DiagLaplace(model, curvature="ggn", progress=False).fit([batch]).curvature_
+    for n in whole:
+        torch.testing.assert_close(chunked[n], whole[n], rtol=1e-12, atol=0)

@@ -148,6 +148,11 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"--out {out}: already exists; choose another directory or pass --overwrite")
+    eval_data = None
+    if args.eval:  # read before quantizing: a bad SPEC fails in seconds, not after the quantization
+        from bayesquant.data import ImageData, load_dataset
+
+        eval_data = load_dataset(args.eval)
     result = quantize(args.model, config)
     saved = result.save(out)
     size = size_report(saved)
@@ -170,12 +175,16 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if args.eval:
         from bayesquant.eval import evaluate
 
-        metrics = evaluate(result.model, args.eval, max_windows=args.max_windows)
+        # unlabelled images: agreement and KL with the float model on them instead of accuracy
+        unlabelled = isinstance(eval_data, ImageData) and eval_data.labels is None
+        reference = args.model if unlabelled else None
+        metrics = evaluate(result.model, eval_data, max_windows=args.max_windows, reference=reference)
         summary |= {k: v for k, v in metrics.items() if k not in ("model",)}
         summary["eval_seconds"] = metrics["seconds"]
         summary["peak_rss_with_eval_gb"] = peak_rss_gb()  # peak_rss_gb stays the quantize-and-save peak
     shown = ["model", "method", "bits", "group_size", "nominal_bits", "storable_bits", "quantize_seconds"]
-    shown += [k for k in ("perplexity", "accuracy", "nll", "ece") if k in summary] + ["peak_rss_gb"]
+    metric_keys = ("perplexity", "accuracy", "nll", "ece", "agreement", "kl_to_reference")
+    shown += [k for k in metric_keys if k in summary] + ["peak_rss_gb"]
     print_table([summary], shown)
     write_json(args.json, summary)
 
@@ -335,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a data SPEC")
     p.add_argument("--model", required=True, help="zoo KEY or a model directory")
-    p.add_argument("--data", required=True, help="SPEC: NAME:SPLIT (bbc-news:test, mnist:test, …) or text:PATH")
+    p.add_argument("--data", required=True, help="SPEC: NAME:SPLIT (bbc-news:test, …), text:PATH or images:DIR")
     p.add_argument("--max-windows", type=_positive_int, help="language models: evaluate the first N windows")
     p.add_argument("--max-examples", type=_positive_int, help="classifiers: evaluate the first N examples")
     p.add_argument("--samples", type=_positive_int, default=1, help="Monte-Carlo samples T (stochastic models)")

@@ -7,9 +7,8 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from bayesquant.data.images import ImageData
+from bayesquant.data.images import INPUT_SHAPES, NUM_CLASSES, ImageData, to_input_shape
 from bayesquant.data.specs import load_dataset
 from bayesquant.data.text import TextData, calibration_windows, tokenize
 from bayesquant.errors import DataError
@@ -24,6 +23,7 @@ DEFAULT_CALIB = {
 }
 DEFAULT_NSAMPLES = {"causal_lm": 64, "image_classification": 1024, "text_classification": 128, "text_embedding": 128}
 DEFAULT_LABELLED_BATCH = {"causal_lm": 1, "image_classification": 128, "text_classification": 16, "text_embedding": 16}
+LARGE_IMAGE_BATCH = 16
 TEXT_TASKS = ("text_classification", "text_embedding")
 
 
@@ -56,17 +56,34 @@ def _spec(loaded: Any, spec: str | None) -> str:
         return default
     if loaded.dataset == "imagenet":
         raise DataError(
-            f"--calib: {loaded.key} was trained on ImageNet, which cannot be had offline; give an image SPEC "
-            "(e.g. --calib fashion-mnist:train: grey images are resized to 224×224 RGB as a proxy)"
+            f"--calib: {loaded.key} was trained on ImageNet, which cannot be had offline; give a folder of "
+            "images, --calib images:DIR (DIR/<class>/*.jpg or DIR/*.jpg), or a proxy such as --calib "
+            "fashion-mnist:train (grey images resized to 224×224 RGB)"
         )
     return f"{loaded.dataset}:train"
 
 
 def _images(loaded: Any, images: torch.Tensor) -> torch.Tensor:
-    """Images as the model takes them; ImageNet models get grey 28×28 proxies as 3×224×224 RGB."""
-    if loaded.dataset == "imagenet" and images.shape[1] == 1:
-        return F.interpolate(images, size=(224, 224), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
-    return images
+    """Images as the model takes them (`to_input_shape`): e.g. grey 28×28 proxies as 3×224×224 RGB for ImageNet
+    models, or a folder's 224×224 RGB crops as grey 28×28 for the MNIST nets."""
+    return to_input_shape(images, INPUT_SHAPES.get(loaded.dataset))
+
+
+def labels_fit(loaded: Any, data: ImageData | TextData) -> bool:
+    """Whether `data`'s labels are `loaded`'s classes: its own data set, or an image folder whose class folders
+    name the model's class indices or are exactly as many as its classes."""
+    if data.labels is None or loaded.task.value == "text_embedding":
+        return False
+    if data.name == loaded.dataset:
+        return True
+    if data.name != "images":
+        return False
+    n_classes = len(loaded.classes) or NUM_CLASSES.get(loaded.dataset)
+    if n_classes is None:
+        return False
+    if data.indexed:
+        return int(data.labels.max()) < n_classes
+    return len(data.classes) == n_classes
 
 
 def _tokenized(loaded: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +147,9 @@ def labelled_batches(
     spec = _spec(loaded, spec)
     n = nsamples or DEFAULT_NSAMPLES.get(task, 128)
     bs = batch_size or DEFAULT_LABELLED_BATCH.get(task, 64)
+    shape = INPUT_SHAPES.get(loaded.dataset)
+    if batch_size is None and shape is not None and shape[1] * shape[2] > 64 * 64:
+        bs = LARGE_IMAGE_BATCH  # ImageNet-sized inputs: a batch's graph for the backward passes takes gigabytes
     data = _load(loaded, spec)
     if task == "causal_lm":
         ids = tokenize(loaded.tokenizer, data.joined())
@@ -137,7 +157,15 @@ def labelled_batches(
         batches = [windows[i : i + bs] for i in range(0, n, bs)]
         return Batches(batches, shuffle, seed, n_total=max(len(ids) // seq_len, n))
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
-    valid = data.labels is not None and task != "text_embedding" and data.name == loaded.dataset
+    valid = labels_fit(loaded, data)
+    if not valid and data.name == "images" and data.labels is not None:
+        log.warning(
+            "--calib images:%s: its %d class folders are not %s's classes (name them by class index, 0 … C−1, or "
+            "give all C); its labels are not used",
+            data.split,
+            len(data.classes),
+            loaded.key,
+        )
     labels = data.labels[idx] if valid else torch.zeros(len(idx), dtype=torch.long)
     if isinstance(data, ImageData):
         images = data.images[idx]

@@ -1,4 +1,4 @@
-"""Data SPECs (`NAME:SPLIT` or `text:PATH`) → data objects."""
+"""Data SPECs (`NAME:SPLIT`, `text:PATH` or `images:DIR`) → data objects."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ SPLITS = {
     "fortunes": ("train", "test", "all"),  # off-domain English (Debian's fortunes; `data fetch fortunes`)
     "ambiguous-mnist": ("train", "test"),  # generated on first use and cached (docs/methods.md, Dirty-MNIST)
     "text": (),  # text:PATH
+    "images": (),  # images:DIR, a folder of the user's own images (bayesquant.data.folder)
 }
 
 
@@ -30,7 +31,7 @@ class DataSpec:
     @classmethod
     def parse(cls, spec: str) -> DataSpec:
         name, sep, split = spec.partition(":")
-        valid = ", ".join([f"{n}:{'|'.join(s)}" for n, s in SPLITS.items() if s] + ["text:PATH"])
+        valid = ", ".join([f"{n}:{'|'.join(s)}" for n, s in SPLITS.items() if s] + ["text:PATH", "images:DIR"])
         if not sep or not split or name not in SPLITS:
             raise DataError(f"--data {spec!r}: unknown SPEC; valid: {valid}")
         if SPLITS[name] and split not in SPLITS[name]:
@@ -42,7 +43,7 @@ class DataSpec:
 
 
 def load_dataset(spec: str | DataSpec, root: str | Path | None = None) -> ImageData | TextData:
-    """Load a SPEC such as `mnist:test`, `bbc-news:train` or `text:notes.txt.gz`.
+    """Load a SPEC such as `mnist:test`, `bbc-news:train`, `text:notes.txt.gz` or `images:photos/val`.
 
     >>> data = load_dataset("digits:test")
     >>> data.images.shape
@@ -64,4 +65,8 @@ def load_dataset(spec: str | DataSpec, root: str | Path | None = None) -> ImageD
         from bayesquant.data.fortunes import load_fortunes
 
         return load_fortunes(s.split)
+    if s.name == "images":
+        from bayesquant.data.folder import load_image_folder
+
+        return load_image_folder(s.split)
     return load_text_file(s.split)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bayesquant.data import DataSpec, ImageData, TextData, eval_windows, load_dataset, tokenize
+from bayesquant.data.images import INPUT_SHAPES, to_input_shape
 from bayesquant.errors import UserError
 from bayesquant.eval import metrics as M
 from bayesquant.models import LoadedModel, Task, load_model
@@ -57,8 +58,9 @@ def evaluate_lm(
 def _batches(loaded: LoadedModel, data: ImageData | TextData, batch_size: int):
     """Yield model inputs (a tuple of tensors) batch by batch."""
     if isinstance(data, ImageData):
+        shape = INPUT_SHAPES.get(loaded.dataset)
         for i in range(0, len(data), batch_size):
-            yield (data.images[i : i + batch_size],)
+            yield (to_input_shape(data.images[i : i + batch_size], shape),)
     else:
         for i in range(0, len(data), batch_size):
             enc = loaded.tokenizer(
@@ -111,14 +113,26 @@ def evaluate_classifier(
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Accuracy, NLL, ECE (15 bins), Brier and mean predictive entropy of the (sample-averaged) prediction;
-    with T > 1 samples also the mean mutual information; with a reference model, agreement and KL."""
-    if data.labels is None:
-        raise UserError(f"{data.name}:{data.split} has no labels; a classifier needs a labelled SPEC")
+    with T > 1 samples also the mean mutual information; with a reference model, agreement and KL. Unlabelled
+    data (a folder of images without class folders) gives only what needs no label: entropy, mutual
+    information, and with a reference model agreement and KL."""
+    if data.labels is None and reference is None:
+        raise UserError(
+            f"{data.name}:{data.split} has no labels: give a labelled SPEC, or a --reference model to measure "
+            "agreement and KL with it on these inputs"
+        )
     start = time.perf_counter()
     sp = predict_probs(loaded, data, samples, batch_size)  # (T, N, C)
-    if sp.shape[-1] != len(data.classes):
-        raise UserError(f"--model {loaded.key} predicts {sp.shape[-1]} classes but {data.name} has {len(data.classes)}")
-    result = classifier_metrics(sp, data.labels)
+    if data.labels is not None:
+        _check_classes(loaded, data, sp.shape[-1])
+        result = classifier_metrics(sp, data.labels)
+    else:
+        result = {
+            "entropy": float(M.predictive_entropy(sp).mean()),
+            "mutual_information": float(M.mutual_information(sp).mean()),
+            "n": sp.shape[1],
+            "samples": sp.shape[0],
+        }
     probs = sp.mean(0)
     if reference is not None:
         ref = predict_probs(reference, data, 1, batch_size)[0]
@@ -126,6 +140,20 @@ def evaluate_classifier(
         result["kl_to_reference"] = M.kl_divergence(ref, probs)
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def _check_classes(loaded: LoadedModel, data: ImageData | TextData, n_classes: int) -> None:
+    where = f"images:{data.split}" if data.name == "images" else data.name
+    if getattr(data, "indexed", False):
+        top = int(data.labels.max())
+        if top >= n_classes:
+            raise UserError(
+                f"--data {where}: class folder {top} is not a class of --model {loaded.key}, which predicts "
+                f"{n_classes} (indices 0 … {n_classes - 1})"
+            )
+    elif n_classes != len(data.classes):
+        fix = " (name the class folders by class index, 0 … C−1, or give all C)" if data.name == "images" else ""
+        raise UserError(f"--model {loaded.key} predicts {n_classes} classes but {where} has {len(data.classes)}{fix}")
 
 
 def _check_compatible(loaded: LoadedModel, data: ImageData | TextData, spec: DataSpec) -> None:
@@ -138,11 +166,16 @@ def _check_compatible(loaded: LoadedModel, data: ImageData | TextData, spec: Dat
     if loaded.task == Task.TEXT and not isinstance(data, TextData):
         raise UserError(f"--data {spec}: {loaded.key} classifies text; try --data bbc-news:test")
     if loaded.task == Task.IMAGE:
-        if loaded.dataset == "imagenet":
-            raise UserError(f"--model {loaded.key} classifies ImageNet images, which cannot be had offline")
         if not isinstance(data, ImageData):
-            raise UserError(f"--data {spec}: {loaded.key} classifies images; try --data {loaded.dataset}:test")
-        if loaded.dataset and data.name != loaded.dataset:
+            try_ = "images:DIR" if loaded.dataset == "imagenet" else f"{loaded.dataset}:test"
+            raise UserError(f"--data {spec}: {loaded.key} classifies images; try --data {try_}")
+        if loaded.dataset == "imagenet" and data.name != "images":
+            raise UserError(
+                f"--data {spec}: --model {loaded.key} classifies ImageNet images, which cannot be had offline; give "
+                "a folder of them, --data images:DIR (DIR/<class>/*.jpg, class folders named by class index or "
+                "all 1,000 synset folders)"
+            )
+        if loaded.dataset and data.name not in (loaded.dataset, "images"):  # a folder is the user's own choice
             log.warning("%s was trained on %s, evaluating on %s", loaded.key, loaded.dataset, data.name)
 
 

@@ -5,8 +5,11 @@
 with c_n the curvature contributed by example n:
 - `fisher`: the empirical Fisher, c_n = (∂ℓ_n/∂w)², ℓ_n the example's negative log-likelihood (for language
   models one sequence, summed over its tokens);
-- `ggn`: the exact diagonal of the generalised Gauss–Newton JᵀΛJ — classification: Σ_k p_k (∂ℓ(y=k)/∂w)²
-  (= the expected Fisher under the model's own predictive; C backward passes), regression: (∂f/∂w)²/σ_noise²;
+- `ggn`: the diagonal of the generalised Gauss–Newton JᵀΛJ — classification: Σ_k p_k (∂ℓ(y=k)/∂w)²
+  (= the expected Fisher under the model's own predictive), exact with C backward passes up to
+  `EXACT_GGN_CLASSES` classes, beyond that (ImageNet's 1,000) its unbiased Monte-Carlo estimate
+  (1/S) Σ_s (∂ℓ(y_s)/∂w)² with S = `MC_GGN_SAMPLES` labels y_s drawn from the model's predictive per example;
+  regression: (∂f/∂w)²/σ_noise²;
 - `layerwise`: the diagonal of each layer's reconstruction Hessian 2·Σ_rows a_i² (the GPTQ Hessian before
   averaging), output-agnostic and forward-only.
 
@@ -81,6 +84,10 @@ def marglik_prior_precision(curv: dict[str, torch.Tensor], mean: dict[str, torch
     return math.exp(0.5 * (lo + hi))
 
 
+EXACT_GGN_CLASSES = 64  # up to this many classes the GGN sums over all of them (one backward pass each)
+MC_GGN_SAMPLES = 16  # beyond it: labels drawn from the model's predictive, this many per example
+
+
 class DiagLaplace:
     """Diagonal Laplace posterior over every quantizable weight of a model.
 
@@ -145,6 +152,7 @@ class DiagLaplace:
         flags = {n: m.weight.requires_grad for n, m in self.modules.items()}
         self.model.eval()  # no dropout: the curvature at the trained weights
         recorder = InputRecorder(self.modules)
+        self._gen = torch.Generator().manual_seed(0)  # the Monte-Carlo GGN's labels, the same at every fit
         n_seen = 0
         try:
             for m in self.modules.values():  # so that every module's output is part of the graph
@@ -202,10 +210,17 @@ class DiagLaplace:
             elif self.likelihood == Likelihood.CLASSIFICATION:
                 logits = out if out.dtype == torch.float64 else out.float()
                 probs = logits.softmax(-1).detach()  # (B, C)
-                for k in range(logits.shape[-1]):  # Σ_k p_k g_k²: scale example n's loss by √p_nk
-                    target = torch.full_like(targets, k)
-                    loss = (probs[:, k].sqrt() * F.cross_entropy(logits, target, reduction="none")).sum()
-                    recorder.add_squared_grads(loss, curv, retain_graph=k + 1 < logits.shape[-1])
+                n_classes = logits.shape[-1]
+                if n_classes <= EXACT_GGN_CLASSES:
+                    for k in range(n_classes):  # Σ_k p_k g_k²: scale example n's loss by √p_nk
+                        target = torch.full_like(targets, k)
+                        loss = (probs[:, k].sqrt() * F.cross_entropy(logits, target, reduction="none")).sum()
+                        recorder.add_squared_grads(loss, curv, retain_graph=k + 1 < n_classes)
+                else:  # (1/S) Σ_s g(y_s)², y_s ~ p: scale each sample's loss by 1/√S
+                    drawn = torch.multinomial(probs.float(), MC_GGN_SAMPLES, replacement=True, generator=self._gen)
+                    for s in range(MC_GGN_SAMPLES):
+                        loss = F.cross_entropy(logits, drawn[:, s], reduction="sum") / math.sqrt(MC_GGN_SAMPLES)
+                        recorder.add_squared_grads(loss, curv, retain_graph=s + 1 < MC_GGN_SAMPLES)
             else:  # regression: JᵀJ/σ², one backward pass per output dimension
                 pred = out.reshape(out.shape[0], -1)
                 for d in range(pred.shape[1]):
