@@ -9,7 +9,13 @@ A config is METHOD:BITS:GROUP[:FLAG...] with GROUP 0 meaning per output channel,
 unquantized model. Flags: `act` (--act-order), `noact` (--no-act-order), `storable` (BITS is a storable
 budget: bayesq, baq), `mse` (--grid mse), `NAME=VALUE` (passed as --NAME VALUE, e.g. rounds=2). Peak RSS is
 that of quantizing and saving (the evaluation's own peak is in the JSON). `--also-data SPEC` evaluates
-every saved model on a second SPEC too (e.g. the off-domain `fortunes:test` for a language model).
+every saved model on a second SPEC too (e.g. the off-domain `fortunes:test` for a language model). `--calib SPEC`
+calibrates every configuration on SPEC, e.g. `images:DIR` for EfficientNet; an evaluation SPEC without labels (an
+image folder without class folders) is scored by KL to the float model (in 10⁻³ nats, lower is better) and
+agreement with it:
+
+    .venv/bin/python bench/ptq.py --model efficientnet-lite0 --calib images:CALIB_DIR --data images:EVAL_DIR \
+        --nsamples 96 --configs gptq:4:0 bayesq:4.1528:0:storable baq:4.1528:0:storable
 
 `--seeds 0,1,2,3,4` repeats every configuration with each calibration seed (fp32 once) and prints mean ± std;
 `--budgets 3,3.5,4` then compares each method with the best baseline configuration inside every storable
@@ -32,6 +38,7 @@ from pathlib import Path
 
 from bayesquant.paths import atomic_file, save_png
 
+SCALE = {"accuracy": 100.0, "kl_to_reference": 1000.0}  # shown in points, and in 10⁻³ nats
 DEFAULT_DATA = {"smollm2-135m": "bbc-news:test", "minilm-bbc": "bbc-news:test", "resnet-fashion": "fashion-mnist:test"}
 CLI = [sys.executable, "-m", "bayesquant.cli"]  # the bayesquant command of this interpreter
 
@@ -43,7 +50,7 @@ def also_evaluate(model_or_dir: str, spec: str, work: Path, slug: str) -> dict:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     r = json.loads(js.read_text())
-    key = "perplexity" if "perplexity" in r else "accuracy"
+    key = metric_of([r])
     return {f"{key}_also": r[key], "also_data": spec, "also_eval_seconds": r["seconds"]}
 
 
@@ -86,6 +93,7 @@ def main() -> None:
                         "measured again in a later file replaces the earlier row)")  # fmt: skip
     parser.add_argument("--data", help="evaluation SPEC (default: the model's test split)")
     parser.add_argument("--nsamples", help="calibration samples (default: the model's default)")
+    parser.add_argument("--calib", help="calibration SPEC for every configuration (default: the model's)")
     parser.add_argument("--max-windows", help="language models: evaluate the first N windows only")
     parser.add_argument("--also-data", help="a second evaluation SPEC, e.g. fortunes:test (off-domain text)")
     parser.add_argument("--out", help="JSON output (default bench/out/ptq-MODEL.json; the plot next to it)")
@@ -111,6 +119,7 @@ def main() -> None:
         parser.error("--model and --configs are required (or --tables JSON ... to summarize finished runs)")
     data = args.data or DEFAULT_DATA.get(args.model, "mnist:test")
     extra = ["--nsamples", args.nsamples] if args.nsamples else []
+    extra += ["--calib", args.calib] if args.calib else []
     extra += ["--max-windows", args.max_windows] if args.max_windows else []
     path = Path(args.out or f"bench/out/ptq-{args.model}.json")
     rows = []
@@ -147,7 +156,8 @@ def pool_rows(runs: list[dict]) -> list[dict]:
 
 
 def metric_of(rows: list[dict]) -> str:
-    return "perplexity" if "perplexity" in rows[0] else "accuracy"
+    """perplexity (language models), accuracy (labelled classifiers) or KL to the float model (unlabelled)."""
+    return next(k for k in ("perplexity", "accuracy", "kl_to_reference") if k in rows[0])
 
 
 def print_tables(
@@ -169,8 +179,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def seed_table(rows: list[dict], model: str, metric: str) -> str:
     """Mean ± std over calibration seeds of every configuration (classifiers: NLL and ECE too)."""
     keys = [metric] + (["nll", "ece"] if metric == "accuracy" else [])
-    scale = {"accuracy": 100.0}
-    digits = {"accuracy": 2, "perplexity": 2, "nll": 4, "ece": 4}
+    keys += ["agreement"] if metric == "kl_to_reference" else []
+    scale = {**SCALE, "agreement": 100.0}
+    digits = {"accuracy": 2, "perplexity": 2, "nll": 4, "ece": 4, "kl_to_reference": 2, "agreement": 2}
     lines = [
         f"| {model} | seeds | storable bits | " + " | ".join(keys) + " | quantize s |",
         "|---|---|---|" + "---|" * len(keys) + "---|",
@@ -197,7 +208,7 @@ def budget_table(rows: list[dict], budget: float, metric: str, baseline: str, bo
     best of the baseline's configurations at each seed, which favours the baseline by picking on the test set)
     is given too. Differences are in points of accuracy (or perplexity), positive = the method is better."""
     better = (lambda a, b: a - b) if metric == "accuracy" else (lambda a, b: b - a)
-    scale = 100.0 if metric == "accuracy" else 1.0
+    scale = SCALE.get(metric, 1.0)
     rows = in_budget(rows, budget, bound)
     seeds = sorted({r["seed"] for r in rows}, key=lambda s: -1 if s is None else s)
     by_label: dict[str, dict] = {}
@@ -235,15 +246,21 @@ def budget_table(rows: list[dict], budget: float, metric: str, baseline: str, bo
 
 def table(rows: list[dict], model: str, metric: str, also_data: str | None) -> str:
     """Markdown table of the rows; classifiers also get NLL and ECE (calibration of the quantized model)."""
-    fmt = (lambda v: f"{v:.2f}") if metric == "perplexity" else (lambda v: f"{100 * v:.2f}%")
+    fmt = {"perplexity": lambda v: f"{v:.2f}", "accuracy": lambda v: f"{100 * v:.2f}%"}.get(
+        metric, lambda v: f"{v:.4f}"
+    )
     also = f" {metric} on {also_data} |" if also_data else ""
-    calib = " NLL | ECE |" if metric == "accuracy" else ""
+    calib = {"accuracy": " NLL | ECE |", "kl_to_reference": " agreement |"}.get(metric, "")
     lines = [
         f"| {model} | nominal bits | storable bits | {metric} |{calib}{also} quantize s | peak RSS GB | eval s |",
         "|---|---|---|---|" + "---|" * (calib.count("|") + also.count("|")) + "---|---|---|",
     ]
     for r in rows:
-        cells = f" {r['nll']:.4f} | {r['ece']:.4f} |" if calib else ""
+        cells = ""
+        if metric == "accuracy":
+            cells = f" {r['nll']:.4f} | {r['ece']:.4f} |"
+        elif metric == "kl_to_reference":
+            cells = f" {100 * r['agreement']:.1f}% |"
         if also:  # a pooled row run without the second SPEC has none
             cells += f" {fmt(r[f'{metric}_also'])} |" if f"{metric}_also" in r else " — |"
         lines.append(
@@ -263,7 +280,7 @@ def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    scale = 1.0 if metric == "perplexity" else 100.0
+    scale = SCALE.get(metric, 1.0)
     by_method: dict[str, list[dict]] = {}
     for label in dict.fromkeys(r["label"] for r in rows):  # one point per configuration: the mean over seeds
         rs = [r for r in rows if r["label"] == label]
@@ -280,10 +297,12 @@ def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:
         ax.errorbar([r["bits"] for r in rs], [r["m"] for r in rs], yerr=[r["sd"] for r in rs], marker="o",
                     ls="-" if budgets else "none", capsize=3, label=method)  # fmt: skip
     seeds = {r.get("seed") for r in rows if r["label"] != "fp32"}
-    if metric == "perplexity":
+    if metric != "accuracy":
         ax.set_yscale("log")
     ax.set_xlabel("storable bits per weight")
-    ax.set_ylabel(metric if metric == "perplexity" else "accuracy (%)")
+    ax.set_ylabel(
+        {"accuracy": "accuracy (%)", "kl_to_reference": "KL(float ‖ quantized), 10⁻³ nats"}.get(metric, metric)
+    )
     ax.set_title(title + (f" (mean ± std over {len(seeds)} calibration seeds)" if len(seeds) > 1 else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()

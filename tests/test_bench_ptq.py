@@ -70,3 +70,18 @@ def test_run_table_marks_rows_measured_without_the_second_spec():
     assert "perplexity on other:test" in lines[0]
     assert lines[2].startswith("| gptq:3 | 3.000 | 3.000 | 50.00 | — |")
     assert lines[3].startswith("| bayesq:3 | 3.000 | 3.000 | 40.00 | 44.50 |")
+
+
+def test_unlabelled_rows_are_compared_by_kl_to_the_float_model_lower_being_better():
+    def kl_row(label: str, seed: int, kl: float, bits: float) -> dict:
+        return {"label": label, "seed": seed, "kl_to_reference": kl, "agreement": 0.9, "storable_bits": bits,
+                "nominal_bits": bits, "quantize_seconds": 1.0, "peak_rss_gb": 1.0, "eval_seconds": 1.0}  # fmt: skip
+
+    bq = "bayesq:4.15:0:storable"
+    rows = [kl_row("gptq:4:0", 0, 0.250, 4.15), kl_row("gptq:4:0", 1, 0.200, 4.15),
+            kl_row(bq, 0, 0.015, 4.15), kl_row(bq, 1, 0.020, 4.15)]  # fmt: skip
+    assert ptq.metric_of(rows) == "kl_to_reference"
+    line = next(x for x in ptq.budget_table(rows, 4.15, "kl_to_reference", "gptq").splitlines() if "bayesq" in x)
+    assert "+235.00 / +180.00" in line and "2/2" in line  # 10⁻³ nats below GPTQ's, at both seeds
+    assert "| 90.0% |" in ptq.table(rows[:1], "m", "kl_to_reference", None)
+    assert "agreement" in ptq.seed_table(rows, "m", "kl_to_reference")
