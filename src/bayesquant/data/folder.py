@@ -79,8 +79,12 @@ class LazyImages:
         return torch.stack([decode(p, self.resize, self.crop) for p in chosen])
 
 
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in SUFFIXES
+
+
 def _images_in(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return sorted(p for p in directory.rglob("*") if _is_image(p))
 
 
 def load_image_folder(directory: str | Path, resize: int = RESIZE, crop: int = CROP) -> ImageData:
@@ -89,9 +93,9 @@ def load_image_folder(directory: str | Path, resize: int = RESIZE, crop: int = C
     spec = f"images:{directory}"
     if not root.is_dir():
         raise DataError(f"--data {spec}: no such folder; give a folder of class subfolders (DIR/<class>/*.jpg)")
-    top = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = [(d.name, _images_in(d)) for d in class_dirs]
+    entries = sorted(root.iterdir())
+    top = [p for p in entries if _is_image(p)]
+    per_class = [(d.name, _images_in(d)) for d in entries if d.is_dir() and not d.name.startswith(".")]
     per_class = [(name, files) for name, files in per_class if files]
     if top and per_class:
         raise DataError(
@@ -102,14 +106,11 @@ def load_image_folder(directory: str | Path, resize: int = RESIZE, crop: int = C
         raise DataError(f"--data {spec}: no images ({', '.join(sorted(SUFFIXES))}) in it or in its subfolders")
     if top:
         return ImageData("images", str(directory), LazyImages(top, resize, crop), None, [])
-    names = [name for name, _ in per_class]
-    indexed = all(name.isdecimal() for name in names)
+    indexed = all(name.isdecimal() for name, _ in per_class)
     if indexed:
         per_class.sort(key=lambda item: int(item[0]))
-        names = [name for name, _ in per_class]
-        class_of = [int(name) for name in names]
-    else:
-        class_of = list(range(len(names)))
+    names = [name for name, _ in per_class]
+    class_of = [int(name) for name in names] if indexed else range(len(names))
     paths = [p for _, files in per_class for p in files]
     labels = torch.tensor([c for c, (_, files) in zip(class_of, per_class, strict=True) for _ in files])
     return ImageData("images", str(directory), LazyImages(paths, resize, crop), labels, names, indexed=indexed)

@@ -98,9 +98,16 @@ def classifier_metrics(sp: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]
         "nll": M.nll(probs, labels),
         "ece": M.ece(probs, labels),
         "brier": M.brier(probs, labels),
+        **uncertainty_metrics(sp),
+    }
+
+
+def uncertainty_metrics(sp: torch.Tensor) -> dict[str, Any]:
+    """What needs no label: mean predictive entropy and mutual information of `sp` (T, N, C), and the counts."""
+    return {
         "entropy": float(M.predictive_entropy(sp).mean()),
         "mutual_information": float(M.mutual_information(sp).mean()),
-        "n": len(labels),
+        "n": sp.shape[1],
         "samples": sp.shape[0],
     }
 
@@ -127,12 +134,7 @@ def evaluate_classifier(
         _check_classes(loaded, data, sp.shape[-1])
         result = classifier_metrics(sp, data.labels)
     else:
-        result = {
-            "entropy": float(M.predictive_entropy(sp).mean()),
-            "mutual_information": float(M.mutual_information(sp).mean()),
-            "n": sp.shape[1],
-            "samples": sp.shape[0],
-        }
+        result = uncertainty_metrics(sp)
     probs = sp.mean(0)
     if reference is not None:
         ref = predict_probs(reference, data, 1, batch_size)[0]

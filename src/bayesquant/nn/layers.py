@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bayesquant.nn.packing import pack_bits, packed_nbytes, unpack_bits
+from bayesquant.nn.patches import static_padding
 from bayesquant.nn.qweight import (
     QuantizedWeight,
     dequantize_segment,
@@ -375,13 +376,7 @@ class QuantConv2d(QuantModule):
     def from_float(cls, conv: nn.Conv2d, qw: QuantizedWeight) -> QuantConv2d:
         """Pack `qw` (the quantized `conv.weight`), keeping stride/padding/dilation/groups and the bias."""
         cls._check_float(conv, qw)
-        input_pad, mode, padding = None, "constant", conv.padding
-        if type(conv).forward is not nn.Conv2d.forward:
-            pad = getattr(conv, "static_padding", None)  # EfficientNet's Conv2dStaticSamePadding
-            if isinstance(pad, nn.ZeroPad2d):
-                input_pad = pad.padding
-            elif pad is None or type(pad).__name__ != "Identity":
-                raise TypeError(f"{type(conv).__name__} overrides nn.Conv2d.forward; QuantConv2d cannot replace it")
+        input_pad, mode, padding = static_padding(conv), "constant", conv.padding  # EfficientNet's static "same"
         if conv.padding_mode != "zeros":
             if input_pad is not None:
                 raise TypeError(f"{type(conv).__name__}: static padding with padding_mode={conv.padding_mode!r}")

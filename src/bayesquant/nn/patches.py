@@ -13,13 +13,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def static_padding(conv: nn.Conv2d) -> tuple[int, ...] | None:
+    """The F.pad arguments a Conv2d subclass applies inside its forward (EfficientNet's Conv2dStaticSamePadding:
+    a ZeroPad2d, or Identity where no padding is needed); None for nn.Conv2d's own forward. Any other forward
+    override is refused: what it does to the input is unknown."""
+    if type(conv).forward is nn.Conv2d.forward:
+        return None
+    pad = getattr(conv, "static_padding", None)
+    if isinstance(pad, nn.ZeroPad2d):
+        return tuple(pad.padding)
+    if pad is None or type(pad).__name__ != "Identity":
+        raise TypeError(f"{type(conv).__name__} overrides nn.Conv2d.forward; what it does to its input is unknown")
+    return None
+
+
 def _padded(module: nn.Conv2d, a: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """The input as the convolution sees it, and the zero padding F.unfold must still add."""
-    static = getattr(module, "static_padding", None)
-    if isinstance(static, nn.ZeroPad2d):
-        a = static(a)
-    elif type(module).forward is not nn.Conv2d.forward and not (static is None or type(static).__name__ == "Identity"):
-        raise TypeError(f"{type(module).__name__} overrides nn.Conv2d.forward; its input patches are unknown")
+    static = static_padding(module)
+    if static is not None:
+        a = F.pad(a, static)
     if module.padding_mode != "zeros":
         return F.pad(a, module._reversed_padding_repeated_twice, mode=module.padding_mode), (0, 0)
     if isinstance(module.padding, str):  # "same" / "valid": resolve to explicit zero padding
