@@ -66,3 +66,35 @@ def test_posterior_cli_bad_input(capsys, tmp_path):
     bad.write_bytes(b"not a safetensors file at all")
     code, _, err = run(capsys, "eval", "--model", "digit-cnn", "--data", "mnist:test", "--posterior", str(bad))
     assert_one_line_error(code, err, "--posterior", "unreadable or truncated")
+
+
+def test_monte_carlo_draws_reach_the_fit_from_both_commands(capsys, tmp_path, monkeypatch):
+    """`posterior --mc-samples S` and `quantize --posterior-mc-samples S` hand S to the Laplace fit."""
+    import bayesquant.api as api
+    from bayesquant.errors import UserError
+
+    seen = {}
+    real = api.estimate_posterior
+
+    def spy(*args, **kwargs):
+        seen["mc_samples"] = kwargs.get("mc_samples")
+        if kwargs.get("mc_samples") == 5:  # the quantize call: stop before the allocation
+            raise UserError("stopped after the posterior's arguments")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "estimate_posterior", spy)  # the CLI and BayesQ look it up there
+    code, _, err = run(capsys, "posterior", "--model", "digit-cnn", "--nsamples", "8", "--curvature", "ggn",
+                       "--mc-samples", "3", "--out", str(tmp_path / "p.safetensors"))  # fmt: skip
+    assert code == 0, err
+    assert seen["mc_samples"] == 3 and Posterior.load(tmp_path / "p.safetensors").meta["ggn_mc_samples"] == 0
+    code, _, err = run(capsys, "quantize", "--model", "digit-cnn", "--method", "bayesq", "--bits", "3",
+                       "--posterior-mc-samples", "5", "--out", str(tmp_path / "q"))  # fmt: skip
+    assert_one_line_error(code, err, "stopped after the posterior")
+    assert seen["mc_samples"] == 5
+    with pytest.raises(SystemExit) as exc:
+        run(capsys, "posterior", "--model", "digit-cnn", "--mc-samples", "0", "--out", str(tmp_path / "x"))
+    assert exc.value.code == 2 and "--mc-samples: 0 must be ≥ 1" in capsys.readouterr().err
+    from bayesquant.config import QuantizeConfig
+
+    with pytest.raises(UserError, match="--posterior-mc-samples 0"):
+        QuantizeConfig(method="bayesq", bits=3, posterior_mc_samples=0)

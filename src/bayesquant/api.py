@@ -204,7 +204,8 @@ def _bayesq(cfg: QuantizeConfig, loaded: LoadedModel, log: SolveLog) -> Solver:
         method = "laplace-layerwise" if loaded.task.value == "text_embedding" else "laplace-diag"
         curvature = "ggn" if loaded.task.value != "causal_lm" else "fisher"  # labels: the model's own predictive
         post = estimate_posterior(loaded, method, calib=cfg.calib, nsamples=n, seq_len=cfg.seq_len, seed=cfg.seed,
-                                  curvature=curvature, prior_precision="marglik")  # fmt: skip
+                                  curvature=curvature, prior_precision="marglik",
+                                  mc_samples=cfg.posterior_mc_samples)  # fmt: skip
     posterior_seconds = time.perf_counter() - t
     log.posterior = post
     if cfg.metric == "mc_task_loss":  # measured per layer on the calibration data (labelled: the task's NLL)
@@ -411,13 +412,16 @@ def estimate_posterior(
     n_data: int | None = None,
     epochs: int = 1,
     vi_options: dict | None = None,
+    mc_samples: int | None = None,
     progress: bool = True,
 ):
     """A weight posterior for a zoo model, fitted on `nsamples` examples of the `calib` SPEC.
 
     method: "laplace-diag" (curvature "fisher" | "ggn"), "laplace-layerwise" (forward-only, diag 2XXᵀ) or
     "vi" (mean-field VI for `epochs` passes; `vi_options` go to `MeanFieldVI`). `n_data` defaults to the size of
-    the calib SPEC (its non-overlapping windows for text): σ² = 1/(n_data·mean curvature + λ).
+    the calib SPEC (its non-overlapping windows for text): σ² = 1/(n_data·mean curvature + λ). `mc_samples`:
+    labels drawn per example where the GGN is a Monte-Carlo estimate (None: `laplace.MC_GGN_SAMPLES`), seeded by
+    `seed`.
 
     >>> post = estimate_posterior("lenet5-mnist", "laplace-diag", nsamples=1024)  # doctest: +SKIP
     >>> post.save("lenet.posterior.safetensors")  # doctest: +SKIP
@@ -448,6 +452,7 @@ def estimate_posterior(
         return vi.fit(batches, epochs=epochs).posterior
     lap = DiagLaplace(
         loaded, likelihood, curvature="layerwise" if method == "laplace-layerwise" else curvature,
-        prior_precision=prior_precision, n_data=n_data, progress=progress,
+        prior_precision=prior_precision, n_data=n_data, seed=seed, progress=progress,
+        **({} if mc_samples is None else {"mc_samples": mc_samples}),
     )  # fmt: skip
     return lap.fit(batches).posterior

@@ -140,6 +140,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         calib=args.calib, nsamples=args.nsamples, seq_len=args.seq_len, seed=args.seed,
         quantizer=args.quantizer, plan=args.plan, budget=args.budget, grid=args.grid, min_bits=args.min_bits,
         max_bits=args.max_bits, posterior=args.posterior, posterior_nsamples=args.posterior_nsamples,
+        posterior_mc_samples=args.posterior_mc_samples,
         allocator=args.allocator, granularity=args.granularity, solver=args.solver, rounds=args.rounds,
         metric=args.metric, distill_steps=args.distill_steps, distill_lr=args.distill_lr,
         distill_samples=args.distill_samples, distill_params=args.distill_params,
@@ -210,7 +211,7 @@ def cmd_posterior(args: argparse.Namespace) -> None:
     post = estimate_posterior(
         args.model, args.method, calib=args.calib, nsamples=args.nsamples, seq_len=args.seq_len, seed=args.seed,
         batch_size=args.batch_size, curvature=args.curvature, prior_precision=args.prior_precision,
-        n_data=args.n_data, epochs=args.epochs, vi_options=vi_options,
+        n_data=args.n_data, epochs=args.epochs, vi_options=vi_options, mc_samples=args.mc_samples,
     )  # fmt: skip
     post.save(out)
     table = informativeness_table(post)
@@ -385,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bits", type=_positive_int, help="bayesq/baq: largest width (default 8)")
     p.add_argument("--posterior", help="bayesq: posterior FILE (default: fit a diagonal Laplace posterior)")
     p.add_argument("--posterior-nsamples", type=_positive_int, help="bayesq: examples for that fit (LLM: 16)")
+    p.add_argument("--posterior-mc-samples", type=_positive_int,
+                   help="bayesq: labels drawn per example for its GGN beyond 64 classes (default 1)")  # fmt: skip
     p.add_argument("--allocator", default="knapsack", help="bayesq: knapsack | baq | exact | uniform | …")
     p.add_argument("--granularity", default="column", help="bayesq: layer | column")
     p.add_argument("--metric", default="expected_loss",
@@ -432,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="examples per batch (default: by task)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--curvature", default="fisher", help="laplace-diag: fisher (empirical) | ggn (exact GGN)")
+    p.add_argument("--mc-samples", type=_positive_int,
+                   help="ggn beyond 64 classes: labels drawn per example from the predictive (default 1)")  # fmt: skip
     p.add_argument("--prior-precision", type=_prior_precision, default="marglik", help="λ, or 'marglik' (default)")
     p.add_argument("--n-data", type=_positive_int, help="data-set size N (default: the SPEC's size)")
     p.add_argument("--epochs", type=_positive_int, default=1, help="vi: passes over the data")

@@ -52,7 +52,8 @@ class QuantizeConfig:
     BayesQ's precision-weighted distortion, BAQ's diag-H-weighted error). None: the model family's
     (`for_model`): the search on transformers, min–max on convolutional nets. min_bits/max_bits bound the
     widths. BayesQ: `posterior` a FILE from `bayesquant posterior` (None: a diagonal Laplace posterior is
-    fitted on `posterior_nsamples` calibration examples), `allocator` and `granularity` of the allocation,
+    fitted on `posterior_nsamples` calibration examples, with `posterior_mc_samples` labels per example where the
+    GGN is a Monte-Carlo estimate), `allocator` and `granularity` of the allocation,
     `metric` of its cost table ("expected_loss": the posterior-expected loss increase, closed form, weighting
     each weight's error by the loss curvature h = 1/σ² − λ; "expected_mse": the precision-weighted distortion,
     weighting by 1/σ²; "mc_task_loss": the measured
@@ -88,6 +89,7 @@ class QuantizeConfig:
     max_bits: int | None = None
     posterior: str | None = None
     posterior_nsamples: int | None = None
+    posterior_mc_samples: int | None = None
     allocator: str = "knapsack"
     granularity: str = "column"
     metric: str = "expected_loss"
@@ -139,6 +141,8 @@ class QuantizeConfig:
             raise UserError(f"--rounds {self.rounds}: must be ≥ 0")
         if self.posterior_nsamples is not None and self.posterior_nsamples < 1:
             raise UserError(f"--posterior-nsamples {self.posterior_nsamples}: must be ≥ 1")
+        if self.posterior_mc_samples is not None and self.posterior_mc_samples < 1:
+            raise UserError(f"--posterior-mc-samples {self.posterior_mc_samples}: must be ≥ 1")
         if self.plan is not None and self.mixed:
             raise UserError(f"--plan: --method {self.method.value} makes its own plan; apply plans with rtn or gptq")
         if self.group_size is not None and self.group_size < 1:

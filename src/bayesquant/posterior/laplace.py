@@ -85,7 +85,7 @@ def marglik_prior_precision(curv: dict[str, torch.Tensor], mean: dict[str, torch
 
 
 EXACT_GGN_CLASSES = 64  # up to this many classes the GGN sums over all of them (one backward pass each)
-MC_GGN_SAMPLES = 16  # beyond it: labels drawn from the model's predictive, this many per example
+MC_GGN_SAMPLES = 1  # beyond it: labels drawn from the model's predictive, this many per example (docs/methods.md)
 
 
 class DiagLaplace:
@@ -98,6 +98,8 @@ class DiagLaplace:
     n_data: the data-set size N the posterior stands for (default: the examples seen in `fit`); the summed
         curvature is scaled by N / n_seen, e.g. n_data=60000 when fitting on 1024 MNIST images.
     sigma_noise: the observation noise of the regression likelihood.
+    mc_samples: labels drawn per example for the Monte-Carlo GGN (more than `EXACT_GGN_CLASSES` classes).
+    seed: seeds those draws; the same seed draws the same labels at every fit.
     """
 
     def __init__(
@@ -109,6 +111,8 @@ class DiagLaplace:
         prior_precision: float | str = 1.0,
         n_data: int | None = None,
         sigma_noise: float = 1.0,
+        mc_samples: int = MC_GGN_SAMPLES,
+        seed: int = 0,
         family: Family | None = None,
         progress: bool = True,
     ) -> None:
@@ -131,6 +135,10 @@ class DiagLaplace:
             raise UserError(f"n_data={n_data}: must be a positive number of examples (or None)")
         if not sigma_noise > 0:
             raise UserError(f"sigma_noise={sigma_noise}: must be positive")
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise UserError(f"mc_samples={mc_samples!r}: must be a positive whole number of labels per example")
+        self.mc_samples = mc_samples
+        self.seed = int(seed)
         self.prior_precision = prior_precision
         self.n_data = n_data
         self.sigma_noise = float(sigma_noise)
@@ -152,8 +160,9 @@ class DiagLaplace:
         flags = {n: m.weight.requires_grad for n, m in self.modules.items()}
         self.model.eval()  # no dropout: the curvature at the trained weights
         recorder = InputRecorder(self.modules)
-        self._gen = torch.Generator().manual_seed(0)  # the Monte-Carlo GGN's labels, the same at every fit
+        self._gen = torch.Generator().manual_seed(self.seed)  # the Monte-Carlo GGN's labels, the same at every fit
         n_seen = 0
+        self._drawn_labels = False  # set when the GGN is a Monte-Carlo estimate (more than EXACT_GGN_CLASSES)
         try:
             for m in self.modules.values():  # so that every module's output is part of the graph
                 m.weight.requires_grad_(self.curvature != Curvature.LAYERWISE)
@@ -187,6 +196,7 @@ class DiagLaplace:
             "n_data": self.n_data or n_seen,
             "sigma_noise": self.sigma_noise,
             "model": self.key or type(self.model).__name__,
+            "ggn_mc_samples": self.mc_samples if self._drawn_labels else 0,  # 0: exact (or not the GGN)
             "seconds": time.perf_counter() - start,
         }
         self.curvature_ = curv
@@ -217,10 +227,11 @@ class DiagLaplace:
                         loss = (probs[:, k].sqrt() * F.cross_entropy(logits, target, reduction="none")).sum()
                         recorder.add_squared_grads(loss, curv, retain_graph=k + 1 < n_classes)
                 else:  # (1/S) Σ_s g(y_s)², y_s ~ p: scale each sample's loss by 1/√S
-                    drawn = torch.multinomial(probs.float(), MC_GGN_SAMPLES, replacement=True, generator=self._gen)
-                    for s in range(MC_GGN_SAMPLES):
-                        loss = F.cross_entropy(logits, drawn[:, s], reduction="sum") / math.sqrt(MC_GGN_SAMPLES)
-                        recorder.add_squared_grads(loss, curv, retain_graph=s + 1 < MC_GGN_SAMPLES)
+                    draws, self._drawn_labels = self.mc_samples, True
+                    drawn = torch.multinomial(probs.float(), draws, replacement=True, generator=self._gen)
+                    for s in range(draws):
+                        loss = F.cross_entropy(logits, drawn[:, s], reduction="sum") / math.sqrt(draws)
+                        recorder.add_squared_grads(loss, curv, retain_graph=s + 1 < draws)
             else:  # regression: JᵀJ/σ², one backward pass per output dimension
                 pred = out.reshape(out.shape[0], -1)
                 for d in range(pred.shape[1]):
