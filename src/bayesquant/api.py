@@ -428,7 +428,7 @@ def estimate_posterior(
     """
     from bayesquant.data.calibration import labelled_batches
     from bayesquant.errors import UserError
-    from bayesquant.posterior.laplace import DiagLaplace
+    from bayesquant.posterior.laplace import MC_GGN_SAMPLES, DiagLaplace
 
     if method not in POSTERIOR_METHODS:
         raise UserError(f"--method {method!r}: unknown posterior method; valid: {', '.join(POSTERIOR_METHODS)}")
@@ -453,6 +453,6 @@ def estimate_posterior(
     lap = DiagLaplace(
         loaded, likelihood, curvature="layerwise" if method == "laplace-layerwise" else curvature,
         prior_precision=prior_precision, n_data=n_data, seed=seed, progress=progress,
-        **({} if mc_samples is None else {"mc_samples": mc_samples}),
+        mc_samples=MC_GGN_SAMPLES if mc_samples is None else mc_samples,
     )  # fmt: skip
     return lap.fit(batches).posterior
