@@ -156,7 +156,8 @@ def test_labels_fit_the_model_only_when_the_classes_match(tmp_path):
 def test_imagenet_sized_inputs_fit_posteriors_in_small_batches(tmp_path):
     for i in range(20):
         _save(tmp_path / "val" / str(i % 2) / f"{i}.png", _solid(24, 24, (i, 0, 0)))
-    net = SimpleNamespace(key="e", dataset="imagenet", classes=[], task=SimpleNamespace(value="image_classification"))
+    net = SimpleNamespace(key="e", dataset="imagenet", classes=[], task=SimpleNamespace(value="image_classification"),
+                          module=torch.nn.Linear(1, 1))  # fmt: skip
     batches = labelled_batches(net, f"images:{tmp_path / 'val'}", nsamples=20)
     assert [b[0].shape[0] for b in batches] == [16, 4] and batches.labels_valid  # folders 0, 1 < 1,000 classes
     assert batches[0][0].shape[1:] == (3, 224, 224)

@@ -12,6 +12,7 @@ from bayesquant.data.images import INPUT_SHAPES, NUM_CLASSES, ImageData, to_inpu
 from bayesquant.data.specs import load_dataset
 from bayesquant.data.text import TextData, calibration_windows, tokenize
 from bayesquant.errors import DataError
+from bayesquant.nn.placement import to_model
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +112,22 @@ def calibration_batches(
     tokens (GPTQ's sampling), one per batch as the reference feeds them (the float sums then follow its order:
     3-bit GPTQ on SmolLM2 moves by several percent with the order of summation alone). Image classifiers:
     `nsamples` random training images, 256 per batch. Text models: `nsamples` random articles, 16 per batch,
-    truncated to the model's length."""
+    truncated to the model's length. On the model's device, images in its floating dtype."""
     task = loaded.task.value
     spec = _spec(loaded, spec)
     n = nsamples or DEFAULT_NSAMPLES.get(task, 128)
     data = _load(loaded, spec)
     if task == "causal_lm":
         windows = calibration_windows(tokenize(loaded.tokenizer, data.joined()), n, seq_len, seed)
-        return [((), {"input_ids": windows[i : i + 1], "use_cache": False}) for i in range(n)]
+        return to_model([((), {"input_ids": windows[i : i + 1], "use_cache": False}) for i in range(n)], loaded.module)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     if isinstance(data, ImageData):
         images = data.images[idx]
-        return [((_images(loaded, images[i : i + 256]),), {}) for i in range(0, len(images), 256)]
-    texts = [data.texts[i] for i in idx.tolist()]
-    return [(_tokenized(loaded, texts[i : i + 16]), {}) for i in range(0, len(texts), 16)]
+        batches = [((_images(loaded, images[i : i + 256]),), {}) for i in range(0, len(images), 256)]
+    else:
+        texts = [data.texts[i] for i in idx.tolist()]
+        batches = [(_tokenized(loaded, texts[i : i + 16]), {}) for i in range(0, len(texts), 16)]
+    return to_model(batches, loaded.module)
 
 
 def labelled_batches(
@@ -142,7 +145,8 @@ def labelled_batches(
     examples of the SPEC (all of them when it exceeds its size); `n_total` is the SPEC's size in examples
     (non-overlapping windows for text). Where the SPEC's labels are not the model's
     classes (an encoder without a head, an ImageNet model on proxy images) the targets are zeros and
-    `labels_valid` is False: only label-free curvatures may use them."""
+    `labels_valid` is False: only label-free curvatures may use them. On the model's device, images in its
+    floating dtype."""
     task = loaded.task.value
     spec = _spec(loaded, spec)
     n = nsamples or DEFAULT_NSAMPLES.get(task, 128)
@@ -154,7 +158,7 @@ def labelled_batches(
     if task == "causal_lm":
         ids = tokenize(loaded.tokenizer, data.joined())
         windows = calibration_windows(ids, n, seq_len, seed)
-        batches = [windows[i : i + bs] for i in range(0, n, bs)]
+        batches = to_model([windows[i : i + bs] for i in range(0, n, bs)], loaded.module)
         return Batches(batches, shuffle, seed, n_total=max(len(ids) // seq_len, n))
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     valid = labels_fit(loaded, data)
@@ -173,4 +177,4 @@ def labelled_batches(
     else:
         texts = [data.texts[i] for i in idx.tolist()]
         batches = [(*_tokenized(loaded, texts[i : i + bs]), labels[i : i + bs]) for i in range(0, len(texts), bs)]
-    return Batches(batches, shuffle, seed, labels_valid=valid, n_total=len(data))
+    return Batches(to_model(batches, loaded.module), shuffle, seed, labels_valid=valid, n_total=len(data))

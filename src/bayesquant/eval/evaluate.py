@@ -17,6 +17,7 @@ from bayesquant.errors import UserError
 from bayesquant.eval import metrics as M
 from bayesquant.models import LoadedModel, Task, load_model
 from bayesquant.nn.layers import set_dequant_cache
+from bayesquant.nn.placement import to_model
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def evaluate_lm(
     model = loaded.module.eval()
     total, count = 0.0, 0
     for i in tqdm(range(0, len(windows), batch_size), desc="perplexity", unit="batch", mininterval=1.0):
-        batch = windows[i : i + batch_size]
+        batch = to_model(windows[i : i + batch_size], model)
         logits = model(input_ids=batch, use_cache=False).logits  # (b, L, V)
         targets = batch[:, 1:]
         nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum")
@@ -56,11 +57,11 @@ def evaluate_lm(
 
 
 def _batches(loaded: LoadedModel, data: ImageData | TextData, batch_size: int):
-    """Yield model inputs (a tuple of tensors) batch by batch."""
+    """Yield model inputs (a tuple of tensors) batch by batch, on the model's device and in its dtype."""
     if isinstance(data, ImageData):
         shape = INPUT_SHAPES.get(loaded.dataset)
         for i in range(0, len(data), batch_size):
-            yield (to_input_shape(data.images[i : i + batch_size], shape),)
+            yield (to_model(to_input_shape(data.images[i : i + batch_size], shape), loaded.module),)
     else:
         for i in range(0, len(data), batch_size):
             enc = loaded.tokenizer(
@@ -70,7 +71,7 @@ def _batches(loaded: LoadedModel, data: ImageData | TextData, batch_size: int):
                 padding=True,
                 return_tensors="pt",
             )
-            yield (enc["input_ids"], enc["attention_mask"])
+            yield to_model((enc["input_ids"], enc["attention_mask"]), loaded.module)
 
 
 @torch.no_grad()
@@ -86,7 +87,7 @@ def predict_probs(
     out = []
     n_batches = -(-len(data) // batch_size)
     for inputs in tqdm(_batches(loaded, data, batch_size), total=n_batches, desc="predict", mininterval=1.0):
-        out.append(torch.stack([torch.softmax(model(*inputs).float(), -1) for _ in range(samples)]))
+        out.append(torch.stack([torch.softmax(model(*inputs).float(), -1).cpu() for _ in range(samples)]))
     return torch.cat(out, dim=1)
 
 

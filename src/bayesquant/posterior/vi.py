@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from bayesquant.bnn.layers import BayesLayer, kl_divergence, to_bayesian
 from bayesquant.errors import UserError
 from bayesquant.models.family import FAMILIES, Family
+from bayesquant.nn.placement import placement, to_model
 from bayesquant.posterior.base import NotFittedError, Posterior, check_finite_weights
 from bayesquant.posterior.likelihood import Likelihood, batch_size, forward, nll_from_output, split_batch
 
@@ -69,19 +70,6 @@ def _positive(name: str, value: Any) -> float:
     if not (math.isfinite(x) and x > 0):
         raise UserError(f"{name}={value!r}: must be a positive finite number")
     return x
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, tuple | list):
-        return type(batch)(_to(b, device) for b in batch)
-    return batch
 
 
 def _count(loader: Iterable, likelihood: Likelihood, need_examples: bool) -> tuple[int, int]:
@@ -200,7 +188,7 @@ class MeanFieldVI:
         n_data = self.n_data or n_examples
         total = n_batches * epochs
         anneal_steps = self.kl_anneal * total
-        device = _device(self.model)
+        device, _ = placement(self.model)
 
         trainable = self._trainable()
         ids = {id(p) for p in trainable}
@@ -224,7 +212,7 @@ class MeanFieldVI:
                 torch.manual_seed(self.seed)
                 for epoch in range(epochs):
                     for batch in loader:
-                        inputs, targets = split_batch(_to(batch, device), self.likelihood)
+                        inputs, targets = split_batch(to_model(batch, self.model), self.likelihood)
                         output = forward(self.model, inputs, self.likelihood)
                         nll = nll_from_output(output, targets, self.likelihood, self.sigma_noise).mean()
                         beta = min(1.0, (step + 1) / anneal_steps) if anneal_steps > 0 else 1.0
@@ -278,8 +266,7 @@ class MeanFieldVI:
         self._check_fitted()
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise UserError(f"samples={samples!r}: must be a positive integer")
-        device = _device(self.model)
-        inputs = tuple(_to(x, device) for x in inputs)
+        inputs = to_model(inputs, self.model)
         was_training = self.model.training
         self.model.eval()
         try:
