@@ -342,7 +342,7 @@ class QuantizeResult:
         if self.log.distill:
             extra["distill"] = self.log.distill
         return save_quantized(
-            self.model.module, directory, key=self.model.key, method=self.config.method.value, plan=plan, extra=extra
+            self.model, directory, key=self.model.key, method=self.config.method.value, plan=plan, extra=extra
         )
 
 

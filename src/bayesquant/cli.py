@@ -325,6 +325,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
+HF_DIR = "a Hugging Face causal-LM directory (config.json, weights and tokenizer, as save_pretrained writes them)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayesquant", description="Uncertainty-guided quantization toolkit")
     parser.add_argument("--version", action="version", version=f"bayesquant {__version__}")
@@ -344,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("eval", help="evaluate a model on a data SPEC")
-    p.add_argument("--model", required=True, help="zoo KEY or a model directory")
+    p.add_argument("--model", required=True, help=f"zoo KEY, a packed model directory or {HF_DIR}")
     p.add_argument("--data", required=True, help="SPEC: NAME:SPLIT (bbc-news:test, …), text:PATH or images:DIR")
     p.add_argument("--max-windows", type=_positive_int, help="language models: evaluate the first N windows")
     p.add_argument("--max-examples", type=_positive_int, help="classifiers: evaluate the first N examples")
@@ -356,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("quantize", help="quantize a model and save it in the packed format")
-    p.add_argument("--model", required=True, help="zoo KEY")
+    p.add_argument("--model", required=True, help=f"zoo KEY or {HF_DIR}")
     p.add_argument("--method", default="gptq", help="rtn | gptq | bayesq | baq")
     p.add_argument("--bits", type=float, default=4, help="code width 1..8; bayesq/baq: the mean-bits budget")
     p.add_argument("--group-size", type=_positive_int, help="weights per group along the input (default: per channel)")
@@ -427,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("posterior", help="fit a weight posterior N(μ, σ²) and write it as safetensors")
-    p.add_argument("--model", required=True, help="zoo KEY")
+    p.add_argument("--model", required=True, help=f"zoo KEY or {HF_DIR}")
     p.add_argument("--method", default="laplace-diag", help="laplace-diag | laplace-layerwise | vi")
     p.add_argument("--calib", help="SPEC to fit on (default: the model's training split / bbc-news:train)")
     p.add_argument("--nsamples", type=_positive_int, help="examples (windows for language models) to fit on")

@@ -7,6 +7,9 @@ A checkpoint is a directory with two files:
     config.json         {"format": "bayesquant-packed", "format_version": 2, "key": zoo key, "method", "plan",
                         "extra", "modules": {qualified name: spec()}, "file": {"name", "bytes", "sha256"},
                         "size": size report}
+    source/             only for a model loaded from a Hugging Face directory ("key" is then that directory and
+                        "source": "source"): its transformers config.json and tokenizer files, so the checkpoint
+                        loads without the original directory
 
 Loading rebuilds the zoo model (architecture, tokenizer, task), swaps in empty packed modules from their
 specs and loads the tensors with safetensors (never pickle), with strict key checking.
@@ -36,7 +39,7 @@ from safetensors.torch import save_model as st_save_model
 from torch import nn
 
 from bayesquant.errors import ModelError, UserError
-from bayesquant.models.zoo import LoadedModel
+from bayesquant.models.zoo import HF_SOURCE, LoadedModel
 from bayesquant.nn.layers import module_from_spec, quant_tensor_names, quantized_modules, set_submodule
 from bayesquant.paths import atomic_dir
 
@@ -57,6 +60,7 @@ FORMAT_VERSION = 2
 READS_VERSIONS = (1, 2)  # version 2 adds the segment-map permutation (spec "perm": "segments"); 1 is a subset
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+SOURCE = "source"
 _RECREATE = "re-create it with `bayesquant quantize ... --out DIR`"
 
 
@@ -127,6 +131,8 @@ def read_config(directory: str | Path) -> dict:
     for k, kind in (("key", str), ("modules", dict), ("file", dict)):
         if not isinstance(config.get(k), kind):
             raise ModelError(f"{path}: the entry {k!r} is missing or not a {kind.__name__}; {_RECREATE}")
+    if config.get("source", SOURCE) != SOURCE:
+        raise ModelError(f"{path}: the entry 'source' must be {SOURCE!r}, not {config['source']!r}; {_RECREATE}")
     return config
 
 
@@ -223,9 +229,11 @@ def save_quantized(
 
     key: the zoo key the model was built from (load_quantized rebuilds it); method: e.g. "gptq";
     plan, extra: JSON-serialisable records kept in config.json. An existing `directory` is replaced only if
-    it is empty or an earlier packed checkpoint.
+    it is empty or an earlier packed checkpoint. A LoadedModel from a Hugging Face directory also writes its
+    transformers config and tokenizer to `source/`.
     """
     module = model.module if isinstance(model, LoadedModel) else model
+    hf = isinstance(model, LoadedModel) and model.meta.get("source") == HF_SOURCE
     directory = Path(directory)
     specs = {name: m.spec() for name, m in quantized_modules(module).items()}
     if not specs:
@@ -246,9 +254,13 @@ def save_quantized(
             "modules": specs,
             "file": {"name": WEIGHTS, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
             "size": size,
+            **({"source": SOURCE} if hf else {}),
             "torch": torch.__version__,
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+        if hf:
+            module.config.save_pretrained(tmp / SOURCE)
+            model.tokenizer.save_pretrained(tmp / SOURCE)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return directory
 
@@ -263,7 +275,9 @@ def load_quantized(directory: str | Path) -> LoadedModel:
     config = read_config(directory)
     weights = directory / WEIGHTS
     _verify(weights, config["file"])
-    loaded = _rebuild(config["key"])
+    source = config.get("source")
+    loaded = _rebuild(str(directory / source) if source else config["key"])
+    loaded.key = config["key"]
     module = loaded.module
     for name, spec in config["modules"].items():
         try:

