@@ -437,14 +437,14 @@ def load_model(key_or_dir: str | Path, *, weights: bool = True) -> LoadedModel:
 
         if is_packed_dir(path):
             return load_quantized(path)
+        if (path / "meta.json").is_file():
+            return _load_trained(ZOO.get(_read_meta(path).get("key", "?")), path)
         if is_hf_dir(path):
             return load_hf_causal_lm(path, weights=weights)
-        if not (path / "meta.json").is_file():
-            raise ModelError(
-                f"--model {text}: neither a model directory of bayesquant (meta.json), a packed checkpoint nor a "
-                "Hugging Face directory (config.json); give a zoo key or one of those"
-            )
-        return _load_trained(ZOO.get(_read_meta(path).get("key", "?")), path)
+        raise ModelError(
+            f"--model {text}: neither a model directory of bayesquant (meta.json), a packed checkpoint nor a "
+            "Hugging Face directory (config.json); give a zoo key or one of those"
+        )
     if isinstance(key_or_dir, Path) or "/" in text or path.suffix:
         raise ModelError(f"--model {text}: no such directory; give a zoo key or a model directory")
     entry = ZOO.get(text)  # an unknown key raises here, listing the valid ones
