@@ -1,4 +1,5 @@
-"""Post-training quantization methods side by side on a zoo model, each configuration in its own process (so
+"""Post-training quantization methods side by side on a zoo model (or a Hugging Face decoder directory, evaluated
+on bbc-news:test unless --data says otherwise), each configuration in its own process (so
 peak RSS is its own): quantize, save, evaluate; prints a markdown table, writes JSON and a plot of quality
 against storable bits (`bayesquant bench ptq` runs this script).
 
@@ -36,6 +37,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bayesquant.models.zoo import is_hf_dir
 from bayesquant.paths import atomic_file, save_png
 
 SCALE = {"accuracy": 100.0, "kl_to_reference": 1000.0}  # shown in points, and in 10⁻³ nats
@@ -117,11 +119,13 @@ def main() -> None:
         return
     if not args.model or not args.configs:
         parser.error("--model and --configs are required (or --tables JSON ... to summarize finished runs)")
-    data = args.data or DEFAULT_DATA.get(args.model, "mnist:test")
+    directory = Path(args.model).is_dir()  # a user's Hugging Face decoder (or another model directory)
+    fallback = "bbc-news:test" if directory and is_hf_dir(Path(args.model)) else "mnist:test"
+    data = args.data or DEFAULT_DATA.get(args.model, fallback)
     extra = ["--nsamples", args.nsamples] if args.nsamples else []
     extra += ["--calib", args.calib] if args.calib else []
     extra += ["--max-windows", args.max_windows] if args.max_windows else []
-    path = Path(args.out or f"bench/out/ptq-{args.model}.json")
+    path = Path(args.out or f"bench/out/ptq-{Path(args.model).resolve().name if directory else args.model}.json")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:  # seed-major: an interrupted run holds whole seeds
