@@ -206,3 +206,28 @@ def test_save_refuses_bad_targets_and_inputs(tmp_path, saved):
     with pytest.raises(UserError, match="no QuantLinear/QuantConv2d"):
         save_quantized(nets.LeNet5(), tmp_path / "y", key="k", method="rtn")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def _own_cnn(seed: int) -> LoadedModel:
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    net = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+    return LoadedModel("my-cnn", net.eval(), Task.IMAGE, FAMILIES["small-net"], dataset="mnist")
+
+
+def test_a_model_of_ones_own_quantizes_and_loads_back_into_its_architecture(tmp_path):
+    from bayesquant.api import quantize
+    from bayesquant.config import QuantizeConfig
+    from bayesquant.models import load_model
+
+    result = quantize(_own_cnn(0), QuantizeConfig(method="gptq", bits=3, calib="mnist:train", nsamples=32))
+    out = result.save(tmp_path / "mine")
+    with pytest.raises(ModelError, match=r"from 'my-cnn', which is not a zoo model.*load_quantized\(DIR, model="):
+        load_model(out)
+    with pytest.raises(UserError, match=r"model=Sequential: give a LoadedModel"):
+        load_quantized(out, model=_own_cnn(1).module)
+    again = load_quantized(out, model=_own_cnn(1))  # other float weights: every one of them must be replaced
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(again.module(x), result.model.module(x), rtol=0, atol=0)
+    assert again.meta["key"] == "my-cnn" and isinstance(again.module[4], QuantLinear)

@@ -67,7 +67,13 @@ _RECREATE = "re-create it with `bayesquant quantize ... --out DIR`"
 def _rebuild(key: str) -> LoadedModel:
     """The float zoo model `key` that a checkpoint's tensors are loaded into (tests monkeypatch this)."""
     from bayesquant.models import load_model
+    from bayesquant.models.zoo import ZOO
 
+    if key not in ZOO and not Path(key).is_dir():
+        raise ModelError(
+            f"the checkpoint was quantized from {key!r}, which is not a zoo model: load it in Python into the float "
+            "model it came from, load_quantized(DIR, model=LoadedModel(...))"
+        )
     return load_model(key, weights=False)  # the packed tensors replace every weight
 
 
@@ -265,8 +271,10 @@ def save_quantized(
     return directory
 
 
-def load_quantized(directory: str | Path) -> LoadedModel:
+def load_quantized(directory: str | Path, model: LoadedModel | None = None) -> LoadedModel:
     """Load a checkpoint written by `save_quantized`: the zoo model with its packed modules, `meta` = config.
+    `model`: the float model to load into instead of rebuilding one (a model of your own, built as the one that
+    was quantized; its modules are replaced in place).
 
     Raises ModelError when config.json is missing or invalid, or when model.safetensors does not match the
     size and sha256 recorded in it (truncated or tampered).
@@ -276,7 +284,15 @@ def load_quantized(directory: str | Path) -> LoadedModel:
     weights = directory / WEIGHTS
     _verify(weights, config["file"])
     source = config.get("source")
-    loaded = _rebuild(str(directory / source) if source else config["key"])
+    if model is not None and not isinstance(model, LoadedModel):
+        raise UserError(f"model={type(model).__name__}: give a LoadedModel (the float model, as given to quantize)")
+    if model is not None:
+        loaded = model
+    else:
+        try:
+            loaded = _rebuild(str(directory / source) if source else config["key"])
+        except ModelError as exc:
+            raise ModelError(f"{directory}: {exc}") from None
     loaded.key = config["key"]
     module = loaded.module
     for name, spec in config["modules"].items():
