@@ -67,6 +67,7 @@ def cmd_models(args: argparse.Namespace) -> None:
             r["parameters"] = "?" if n is None else f"{n / 1e6:.2f}M"
             r["cached"] = "yes" if r["cached"] else "no"
         print_table(rows, ["key", "task", "parameters", "source", "licence", "cached"])
+        print(f"--model also takes {HF_DIR}, or a packed model directory written by `bayesquant quantize --out`.")
         return
     keys = args.keys or []
     if args.action == "build":
