@@ -283,12 +283,11 @@ def load_quantized(directory: str | Path, model: LoadedModel | None = None) -> L
     config = read_config(directory)
     weights = directory / WEIGHTS
     _verify(weights, config["file"])
-    source = config.get("source")
     if model is not None and not isinstance(model, LoadedModel):
         raise UserError(f"model={type(model).__name__}: give a LoadedModel (the float model, as given to quantize)")
-    if model is not None:
-        loaded = model
-    else:
+    loaded = model
+    if loaded is None:
+        source = config.get("source")
         try:
             loaded = _rebuild(str(directory / source) if source else config["key"])
         except ModelError as exc:
