@@ -18,8 +18,9 @@ import torch
 from bayesquant.api import quantize
 from bayesquant.config import QuantizeConfig
 from bayesquant.data import load_dataset
-from bayesquant.eval import evaluate, predict_probs
+from bayesquant.eval import classifier_metrics, predict_probs
 from bayesquant.models import load_model
+from bayesquant.nn.layers import set_dequant_cache
 from bayesquant.paths import atomic_file
 
 
@@ -53,8 +54,9 @@ def main() -> None:
             start = time.perf_counter()
             result = quantize(loaded, config)
             seconds = time.perf_counter() - start
-            metrics = evaluate(result.model, data)
-            top1 = predict_probs(result.model, data)[0].argmax(1)
+            set_dequant_cache(result.model.module, True)
+            probs = predict_probs(result.model, data)  # (1, N, C): scored and compared from one pass
+            metrics, top1 = classifier_metrics(probs, data.labels), probs[0].argmax(1)
             first = top1 if first is None else first
             rows.append({"config": text, "dtype": name, "seconds": seconds, "accuracy": metrics["accuracy"],
                          "nll": metrics["nll"], "ece": metrics["ece"],

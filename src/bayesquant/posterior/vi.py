@@ -188,7 +188,7 @@ class MeanFieldVI:
         n_data = self.n_data or n_examples
         total = n_batches * epochs
         anneal_steps = self.kl_anneal * total
-        device, _ = placement(self.model)
+        device, dtype = placement(self.model)  # once: the batches below are moved there
 
         trainable = self._trainable()
         ids = {id(p) for p in trainable}
@@ -212,7 +212,7 @@ class MeanFieldVI:
                 torch.manual_seed(self.seed)
                 for epoch in range(epochs):
                     for batch in loader:
-                        inputs, targets = split_batch(to_model(batch, self.model), self.likelihood)
+                        inputs, targets = split_batch(to_model(batch, device=device, dtype=dtype), self.likelihood)
                         output = forward(self.model, inputs, self.likelihood)
                         nll = nll_from_output(output, targets, self.likelihood, self.sigma_noise).mean()
                         beta = min(1.0, (step + 1) / anneal_steps) if anneal_steps > 0 else 1.0
