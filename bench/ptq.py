@@ -1,4 +1,4 @@
-"""Post-training quantization methods side by side on a zoo model (or a Hugging Face decoder directory, evaluated
+"""Post-training quantization methods side by side on a zoo model (or a Hugging Face directory, evaluated
 on bbc-news:test unless --data says otherwise), each configuration in its own process (so
 peak RSS is its own): quantize, save, evaluate; prints a markdown table, writes JSON and a plot of quality
 against storable bits (`bayesquant bench ptq` runs this script).
@@ -119,7 +119,7 @@ def main() -> None:
         return
     if not args.model or not args.configs:
         parser.error("--model and --configs are required (or --tables JSON ... to summarize finished runs)")
-    directory = Path(args.model).is_dir()  # a user's Hugging Face decoder (or another model directory)
+    directory = Path(args.model).is_dir()  # a user's Hugging Face model (or another model directory)
     fallback = "bbc-news:test" if directory and is_hf_dir(Path(args.model)) else "mnist:test"
     data = args.data or DEFAULT_DATA.get(args.model, fallback)
     extra = ["--nsamples", args.nsamples] if args.nsamples else []

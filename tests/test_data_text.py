@@ -111,3 +111,40 @@ def test_missing_fortunes_say_how_to_fetch_them(tmp_path, monkeypatch):
     monkeypatch.setattr(fortunes, "SYSTEM_DIR", tmp_path / "none")
     with pytest.raises(DataError, match="bayesquant data fetch fortunes"):
         fortunes.load_fortunes("test")
+
+
+def _write_jsonl(path: Path, rows: list, gz: bool = False) -> Path:
+    text = "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
+    path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    return path
+
+
+def test_jsonl_with_class_names_and_with_indices(tmp_path):
+    rows = [{"text": "a cat", "label": "pets"}, {"text": "stocks fell", "label": "business"}, "",
+            {"text": "a dog", "label": "pets", "id": 7}]  # fmt: skip
+    named = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'n.jsonl.gz', rows, gz=True)}")
+    assert named.texts == ["a cat", "stocks fell", "a dog"]  # the blank line is skipped, extra fields ignored
+    assert named.classes == ["business", "pets"] and named.labels.tolist() == [1, 0, 1] and not named.indexed
+    indexed = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'i.jsonl', [{'text': 'x', 'label': 3}])}")
+    assert indexed.indexed and indexed.labels.tolist() == [3] and indexed.classes == ["0", "1", "2", "3"]
+    assert indexed.subset(1).indexed  # subsets keep the kind of label
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["{not json"], r"line 1: not JSON"),
+        ([{"label": "a"}], r"line 1: needs a string field \"text\" \(found 'label'\)"),
+        ([{"text": "x", "label": "a"}, {"text": "y"}], r"line 2: \"label\" is None"),
+        ([{"text": "x", "label": -1}], r"\"label\" is -1; give a class name .* or a class index"),
+        ([{"text": "x", "label": True}], r"\"label\" is True"),
+        ([{"text": "x", "label": "a"}, {"text": "y", "label": 0}], r"mixes class names \('a'\) and class indices"),
+        (["", "  "], r"no lines"),
+    ],
+)
+def test_jsonl_errors_name_the_line_and_the_fix(tmp_path, rows, message):
+    path = _write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"jsonl:{path}")
+    with pytest.raises(DataError, match=r"jsonl:.*missing.jsonl: no such file"):
+        load_dataset(f"jsonl:{tmp_path / 'missing.jsonl'}")

@@ -1,4 +1,5 @@
-"""A user's own Hugging Face decoder directory: loaded, quantized, saved self-contained and loaded again."""
+"""A user's own Hugging Face directory, a decoder or an encoder classifier: loaded, quantized, saved self-contained
+and loaded again."""
 
 from __future__ import annotations
 
@@ -7,12 +8,25 @@ import shutil
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from bayesquant.api import quantize
 from bayesquant.config import QuantizeConfig
-from bayesquant.errors import ModelError
+from bayesquant.data import load_bbc_news
+from bayesquant.errors import DataError, ModelError
+from bayesquant.eval import evaluate, predict_probs
 from bayesquant.models import Task, load_model
+from bayesquant.models.zoo import _minilm_dir
 from tests.test_cli import assert_one_line_error, run
 
 ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
@@ -77,7 +91,7 @@ def test_directories_that_cannot_be_used_are_refused_by_name(tmp_path, capsys, t
     encoder = tmp_path / "encoder"
     encoder.mkdir()
     (encoder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
-    with pytest.raises(ModelError, match=r"BertForMaskedLM, not a causal language model"):
+    with pytest.raises(ModelError, match=r"BertForMaskedLM, neither a causal language model nor a text classifier"):
         load_model(encoder)
     bare = tiny_decoder(tmp_path / "bare", "llama", tokenizer, with_tokenizer=False)
     with pytest.raises(ModelError, match=r"no tokenizer could be read.*tokenizer.save_pretrained"):
@@ -95,3 +109,100 @@ def test_a_checkpoint_whose_source_points_elsewhere_is_refused(tmp_path, tokeniz
     (packed / "config.json").write_text(json.dumps({**config, "source": "../mine"}))
     with pytest.raises(ModelError, match=r"'source' must be 'source', not '../mine'"):
         load_model(packed)
+
+
+# ---------------------------------------------------------------- encoder classifiers
+
+CLASSES = ["business", "entertainment", "politics", "sports", "tech"]  # BBC News' classes, alphabetical
+
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    return AutoTokenizer.from_pretrained(_minilm_dir())  # MiniLM's real tokenizer; the encoders below are tiny
+
+
+def tiny_classifier(directory, tokenizer, arch: str = "bert", classes=CLASSES, **extra):
+    common = {"vocab_size": tokenizer.vocab_size, "num_labels": len(classes), "id2label": dict(enumerate(classes)),
+              "label2id": {c: i for i, c in enumerate(classes)}, **extra}  # fmt: skip
+    if arch == "bert":
+        config = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, **common)
+        model_cls = BertForSequenceClassification
+    else:
+        config = DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, **common)
+        model_cls = DistilBertForSequenceClassification
+    torch.manual_seed(0)
+    model_cls(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_a_bert_classifier_directory_quantizes_and_reloads_without_the_source(tmp_path, wordpiece):
+    source = tiny_classifier(tmp_path / "mine", wordpiece)
+    loaded = load_model(source)
+    assert loaded.task == Task.TEXT and loaded.classes == CLASSES and loaded.max_length == 512
+    assert loaded.family.blocks == "model.bert.encoder.layer" and loaded.family.sequential  # BERT's layout
+    names = list(loaded.family.quantizable_modules(loaded.module))
+    assert len(names) == 6 * 2 + 2 and names[-2:] == ["model.bert.pooler.dense", "model.classifier"]
+    result = quantize(loaded, QuantizeConfig(method="gptq", bits=3, nsamples=8))
+    packed = result.save(tmp_path / "packed")
+    shutil.rmtree(source)
+    again = load_model(packed)
+    assert again.task == Task.TEXT and again.classes == CLASSES and again.key == loaded.key
+    data = load_bbc_news("test").subset(6)
+    torch.testing.assert_close(predict_probs(again, data), predict_probs(result.model, data), rtol=0, atol=0)
+    deq = again.module.model.bert.encoder.layer[1].output.dense.dequantized_weight()
+    assert max(row.unique().numel() for row in deq) <= 8
+
+
+def test_labels_are_matched_to_the_classifier_by_class_name(tmp_path, wordpiece):
+    loaded = load_model(tiny_classifier(tmp_path / "mine", wordpiece))
+    bbc = load_bbc_news("test").subset(40)  # labelled in BBC News' order: tech, business, …
+    probs = predict_probs(loaded, bbc)[0]
+    truth = torch.tensor([CLASSES.index(bbc.classes[i]) for i in bbc.labels.tolist()])
+    expected_nll = float(torch.nn.functional.nll_loss(probs.log(), truth))
+    assert abs(evaluate(loaded, bbc)["nll"] - expected_nll) < 1e-6
+    by_name = tmp_path / "named.jsonl"
+    by_name.write_text("".join(json.dumps({"text": t, "label": bbc.classes[y]}) + "\n"
+                               for t, y in zip(bbc.texts, bbc.labels.tolist(), strict=True)))  # fmt: skip
+    by_index = tmp_path / "indexed.jsonl"
+    by_index.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n"
+                                for t, y in zip(bbc.texts, truth.tolist(), strict=True)))  # fmt: skip
+    for path in (by_name, by_index):
+        assert abs(evaluate(loaded, f"jsonl:{path}")["nll"] - expected_nll) < 1e-6
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"text": "x", "label": "weather"}) + "\n")
+    with pytest.raises(DataError, match=r"'weather' are not classes of --model .*\(business, entertainment"):
+        evaluate(loaded, f"jsonl:{unknown}")
+
+
+def test_a_distilbert_classifier_quantizes_each_linear_on_its_own(tmp_path, wordpiece):
+    loaded = load_model(tiny_classifier(tmp_path / "distil", wordpiece, arch="distilbert", classes=["neg", "pos"]))
+    assert loaded.family.blocks == "model.distilbert.transformer.layer" and loaded.family.sequential == ()
+    result = quantize(loaded, QuantizeConfig(method="gptq", bits=4, nsamples=8))
+    quantized = [n for n, m in result.model.module.named_modules() if hasattr(m, "dequantized_weight")]
+    assert len(quantized) == 6 * 2 + 2  # q, k, v, out, lin1, lin2 per layer; pre_classifier, classifier
+
+
+def test_cli_quantizes_a_classifier_directory_with_bayesq_and_evaluates_it_on_jsonl(tmp_path, capsys, wordpiece):
+    source = tiny_classifier(tmp_path / "mine", wordpiece)
+    data = tmp_path / "mine.jsonl"
+    bbc = load_bbc_news("test").subset(12)
+    data.write_text("".join(json.dumps({"text": t, "label": bbc.classes[y]}) + "\n"
+                            for t, y in zip(bbc.texts, bbc.labels.tolist(), strict=True)))  # fmt: skip
+    out = tmp_path / "q"
+    code, stdout, err = run(capsys, "quantize", "--model", str(source), "--method", "bayesq", "--bits", "4",
+                            "--calib", f"jsonl:{data}", "--nsamples", "12", "--out", str(out),
+                            "--eval", f"jsonl:{data}")  # fmt: skip
+    assert code == 0, err
+    assert "accuracy" in stdout
+    code, stdout, err = run(capsys, "eval", "--model", str(out), "--data", f"jsonl:{data}")
+    assert code == 0, err
+    assert "accuracy" in stdout
+
+
+def test_classifiers_that_cannot_be_used_are_refused_by_name(tmp_path, wordpiece):
+    with pytest.raises(ModelError, match=r"regression .*only single-label classification"):
+        load_model(tiny_classifier(tmp_path / "reg", wordpiece, classes=["score"]))
+    multi = tiny_classifier(tmp_path / "multi", wordpiece, problem_type="multi_label_classification")
+    with pytest.raises(ModelError, match=r"multi_label_classification"):
+        load_model(multi)

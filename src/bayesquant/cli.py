@@ -326,7 +326,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-HF_DIR = "a Hugging Face causal-LM directory (config.json, weights and tokenizer, as save_pretrained writes them)"
+HF_DIR = (
+    "a Hugging Face directory, a causal LM or an encoder text classifier (config.json, weights and tokenizer, as "
+    "save_pretrained writes them)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a data SPEC")
     p.add_argument("--model", required=True, help=f"zoo KEY, a packed model directory or {HF_DIR}")
-    p.add_argument("--data", required=True, help="SPEC: NAME:SPLIT (bbc-news:test, …), text:PATH or images:DIR")
+    p.add_argument(
+        "--data", required=True, help="SPEC: NAME:SPLIT (bbc-news:test, …), text:PATH, jsonl:PATH or images:DIR"
+    )
     p.add_argument("--max-windows", type=_positive_int, help="language models: evaluate the first N windows")
     p.add_argument("--max-examples", type=_positive_int, help="classifiers: evaluate the first N examples")
     p.add_argument("--samples", type=_positive_int, default=1, help="Monte-Carlo samples T (stochastic models)")

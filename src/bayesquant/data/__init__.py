@@ -1,4 +1,5 @@
-"""Data sets: MNIST, Fashion-MNIST, scikit-learn digits, BBC News, any text file; token windows."""
+"""Data sets: MNIST, Fashion-MNIST, scikit-learn digits, BBC News, any text file, labelled texts (JSON Lines);
+token windows."""
 
 from bayesquant.data.images import ImageData, load_digits, load_idx_images
 from bayesquant.data.sources import fetch, find_dataset_dir
@@ -8,6 +9,7 @@ from bayesquant.data.text import (
     calibration_windows,
     eval_windows,
     load_bbc_news,
+    load_jsonl,
     load_text_file,
     tokenize,
 )
@@ -24,6 +26,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_idx_images",
+    "load_jsonl",
     "load_text_file",
     "tokenize",
 ]

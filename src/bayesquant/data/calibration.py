@@ -70,14 +70,38 @@ def _images(loaded: Any, images: torch.Tensor) -> torch.Tensor:
     return to_input_shape(images, INPUT_SHAPES.get(loaded.dataset))
 
 
+def align_labels(loaded: Any, data: ImageData | TextData, strict: bool = True) -> ImageData | TextData:
+    """`data` with labelled texts' class names (a JSON Lines file's, BBC News') turned into `loaded`'s class
+    indices, looked up by name, so the order in which the model lists its classes does not matter. Images, data
+    labelled by index, and a model without class names are returned as they are. A class name that is not one of
+    the model's is an error, or with `strict=False` (calibration, where labels are optional) leaves `data` as it is
+    and `labels_fit` false."""
+    if not isinstance(data, TextData) or data.indexed or data.labels is None or not loaded.classes:
+        return data
+    if data.classes == list(loaded.classes):
+        return data  # already in the model's order (minilm-bbc on bbc-news)
+    unknown = [name for name in data.classes if name not in loaded.classes]
+    if unknown and not strict:
+        return data
+    if unknown:
+        raise DataError(
+            f"{data.name}:{data.split}: the labels {', '.join(map(repr, unknown[:5]))} are not classes of --model "
+            f"{loaded.key} ({', '.join(loaded.classes)}); label each text with one of those names or with its index"
+        )
+    index = {name: i for i, name in enumerate(loaded.classes)}
+    labels = torch.tensor([index[data.classes[j]] for j in data.labels.tolist()], dtype=torch.long)
+    return TextData(data.name, data.split, data.texts, labels, list(loaded.classes), indexed=True)
+
+
 def labels_fit(loaded: Any, data: ImageData | TextData) -> bool:
-    """Whether `data`'s labels are `loaded`'s classes: its own data set, or an image folder whose class folders
-    name the model's class indices or are exactly as many as its classes."""
+    """Whether `data`'s labels are `loaded`'s classes: its own data set, an image folder whose class folders
+    name the model's class indices or are exactly as many as its classes, or texts labelled with the model's class
+    indices (`align_labels` turns class names into those)."""
     if data.labels is None or loaded.task.value == "text_embedding":
         return False
     if data.name == loaded.dataset:
         return True
-    if data.name != "images":
+    if data.name != "images" and not getattr(data, "indexed", False):
         return False
     n_classes = len(loaded.classes) or NUM_CLASSES.get(loaded.dataset)
     if n_classes is None:
@@ -94,7 +118,7 @@ def _tokenized(loaded: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _load(loaded: Any, spec: str) -> ImageData | TextData:
-    data = load_dataset(spec)
+    data = align_labels(loaded, load_dataset(spec), strict=False)
     task = loaded.task.value
     if task == "causal_lm" and not isinstance(data, TextData):
         raise DataError(f"--calib {spec}: a language model calibrates on text (bbc-news:train, text:PATH)")
@@ -170,6 +194,8 @@ def labelled_batches(
             len(data.classes),
             loaded.key,
         )
+    if not valid and data.name == "jsonl" and loaded.task.value != "text_embedding":
+        log.warning("--calib jsonl:%s: its labels are not %s's classes; they are not used", data.split, loaded.key)
     labels = data.labels[idx] if valid else torch.zeros(len(idx), dtype=torch.long)
     if isinstance(data, ImageData):
         images = data.images[idx]

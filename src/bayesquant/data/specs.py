@@ -1,4 +1,4 @@
-"""Data SPECs (`NAME:SPLIT`, `text:PATH` or `images:DIR`) → data objects."""
+"""Data SPECs (`NAME:SPLIT`, `text:PATH`, `jsonl:PATH` or `images:DIR`) → data objects."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bayesquant.data.images import ImageData, load_digits, load_idx_images
-from bayesquant.data.text import TextData, load_bbc_news, load_text_file
+from bayesquant.data.text import TextData, load_bbc_news, load_jsonl, load_text_file
 from bayesquant.errors import DataError
 
 SPLITS = {
@@ -17,13 +17,15 @@ SPLITS = {
     "fortunes": ("train", "test", "all"),  # off-domain English (Debian's fortunes; `data fetch fortunes`)
     "ambiguous-mnist": ("train", "test"),  # generated on first use and cached (docs/methods.md, Dirty-MNIST)
     "text": (),  # text:PATH
+    "jsonl": (),  # jsonl:PATH, labelled texts of the user's own (bayesquant.data.text.load_jsonl)
     "images": (),  # images:DIR, a folder of the user's own images (bayesquant.data.folder)
 }
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A parsed SPEC: `name` and `split` (for `text`, `split` is the file path)."""
+    """A parsed SPEC: `name` and `split` (for `text` and `jsonl`, `split` is the file path; for `images`, the
+    folder)."""
 
     name: str
     split: str
@@ -31,7 +33,8 @@ class DataSpec:
     @classmethod
     def parse(cls, spec: str) -> DataSpec:
         name, sep, split = spec.partition(":")
-        valid = ", ".join([f"{n}:{'|'.join(s)}" for n, s in SPLITS.items() if s] + ["text:PATH", "images:DIR"])
+        named = [f"{n}:{'|'.join(s)}" for n, s in SPLITS.items() if s]
+        valid = ", ".join([*named, "text:PATH", "jsonl:PATH", "images:DIR"])
         if not sep or not split or name not in SPLITS:
             raise DataError(f"--data {spec!r}: unknown SPEC; valid: {valid}")
         if SPLITS[name] and split not in SPLITS[name]:
@@ -43,7 +46,8 @@ class DataSpec:
 
 
 def load_dataset(spec: str | DataSpec, root: str | Path | None = None) -> ImageData | TextData:
-    """Load a SPEC such as `mnist:test`, `bbc-news:train`, `text:notes.txt.gz` or `images:photos/val`.
+    """Load a SPEC such as `mnist:test`, `bbc-news:train`, `text:notes.txt.gz`, `jsonl:reviews.jsonl` or
+    `images:photos/val`.
 
     >>> data = load_dataset("digits:test")
     >>> data.images.shape
@@ -69,4 +73,6 @@ def load_dataset(spec: str | DataSpec, root: str | Path | None = None) -> ImageD
         from bayesquant.data.folder import load_image_folder
 
         return load_image_folder(s.split)
+    if s.name == "jsonl":
+        return load_jsonl(s.split)
     return load_text_file(s.split)

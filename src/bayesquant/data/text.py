@@ -1,4 +1,5 @@
-"""Text data: BBC News (fixed split), any UTF-8 text file, token windows for perplexity and calibration."""
+"""Text data: BBC News (fixed split), any UTF-8 text file, labelled texts of the user's own (JSON Lines), token
+windows for perplexity and calibration."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ BBC_SHA256_PREFIX = {"test": "e77a84493f19dd30", "train": "5b3d015a597c6a86"}
 
 @dataclass
 class TextData:
-    """Documents with optional class labels. `joined()` is the text used for language modelling."""
+    """Documents with optional class labels. `joined()` is the text used for language modelling. `indexed`: the
+    labels are the model's class indices themselves (a JSON Lines file with integer labels), not positions in
+    `classes`."""
 
     name: str
     split: str
     texts: list[str]
     labels: torch.Tensor | None = None
     classes: list[str] = field(default_factory=list)
+    indexed: bool = False
 
     def __post_init__(self) -> None:
         if not self.texts or not any(t.strip() for t in self.texts):
@@ -45,7 +49,7 @@ class TextData:
         if n is None or n >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:n]
-        return TextData(self.name, self.split, self.texts[:n], labels, self.classes)
+        return TextData(self.name, self.split, self.texts[:n], labels, self.classes, self.indexed)
 
 
 def _bbc_order() -> dict:
@@ -91,17 +95,73 @@ def load_text_file(path: str | Path) -> TextData:
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"text:{path}: no such file; give the path of a UTF-8 text file (.gz allowed)")
-    raw = p.read_bytes()
+    return TextData("text", str(p), [_read_text(f"text:{path}", p)])
+
+
+def _read_text(spec: str, path: Path) -> str:
+    """The UTF-8 content of `path` (`.gz` allowed); `spec` names the argument in errors."""
+    raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise DataError(f"text:{path}: corrupt gzip file ({exc})") from None
+            raise DataError(f"{spec}: corrupt gzip file ({exc})") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"text:{path}: not UTF-8 ({exc}); convert it with `iconv -t utf-8`") from None
-    return TextData("text", str(p), [text])
+        raise DataError(f"{spec}: not UTF-8 ({exc}); convert it with `iconv -t utf-8`") from None
+
+
+def load_jsonl(path: str | Path) -> TextData:
+    """Labelled texts of the user's own (`jsonl:PATH`): one JSON object per line with a string `"text"` and a
+    `"label"` that is either a class name (matched to the model's class names when evaluating) or the class
+    index itself; every line the same kind. Blank lines are skipped; `.gz` is allowed.
+
+    >>> data = load_jsonl("reviews.jsonl")  # {"text": "Great value.", "label": "positive"} per line  # doctest: +SKIP
+    >>> data.classes, data.labels[:3]  # doctest: +SKIP
+    (['negative', 'positive'], tensor([1, 0, 1]))
+    """
+    p = Path(path).expanduser()
+    spec = f"jsonl:{path}"
+    if not p.is_file():
+        raise DataError(f'{spec}: no such file; give a JSON Lines file with one {{"text": …, "label": …}} per line')
+    texts: list[str] = []
+    raw_labels: list[str | int] = []
+    for number, line in enumerate(_read_text(spec, p).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{spec}, line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            found = ", ".join(map(repr, row)) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f'{spec}, line {number}: needs a string field "text" (found {found})')
+        label = row.get("label")
+        if isinstance(label, bool) or not isinstance(label, str | int) or (isinstance(label, int) and label < 0):
+            raise DataError(
+                f'{spec}, line {number}: "label" is {label!r}; give a class name (a string) or a class index '
+                "(an integer ≥ 0)"
+            )
+        texts.append(row["text"])
+        raw_labels.append(label)
+    if not texts:
+        raise DataError(f'{spec}: no lines; give one {{"text": …, "label": …}} per line')
+    kinds = {type(label) for label in raw_labels}
+    if len(kinds) > 1:
+        first_int = next(i for i, label in enumerate(raw_labels) if isinstance(label, int))
+        first_str = next(i for i, label in enumerate(raw_labels) if isinstance(label, str))
+        raise DataError(
+            f"{spec}: mixes class names ({raw_labels[first_str]!r}) and class indices ({raw_labels[first_int]!r}); "
+            "use one kind for every line"
+        )
+    if kinds == {int}:
+        labels = torch.tensor(raw_labels, dtype=torch.long)
+        return TextData("jsonl", str(p), texts, labels, [str(c) for c in range(int(labels.max()) + 1)], indexed=True)
+    classes = sorted(set(raw_labels))
+    position = {name: i for i, name in enumerate(classes)}
+    labels = torch.tensor([position[label] for label in raw_labels], dtype=torch.long)
+    return TextData("jsonl", str(p), texts, labels, classes)
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:

