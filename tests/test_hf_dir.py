@@ -23,6 +23,7 @@ from transformers import (
 from bayesquant.api import quantize
 from bayesquant.config import QuantizeConfig
 from bayesquant.data import load_bbc_news
+from bayesquant.data.calibration import labelled_batches
 from bayesquant.errors import DataError, ModelError
 from bayesquant.eval import evaluate, predict_probs
 from bayesquant.models import Task, load_model
@@ -173,6 +174,10 @@ def test_labels_are_matched_to_the_classifier_by_class_name(tmp_path, wordpiece)
     unknown.write_text(json.dumps({"text": "x", "label": "weather"}) + "\n")
     with pytest.raises(DataError, match=r"'weather' are not classes of --model .*\(business, entertainment"):
         evaluate(loaded, f"jsonl:{unknown}")
+    batches = labelled_batches(loaded, f"jsonl:{by_name}", nsamples=40, batch_size=40)
+    drawn = torch.randperm(40, generator=torch.Generator().manual_seed(0))  # calibration's seeded draw
+    assert batches.labels_valid and len(batches) == 1 and torch.equal(batches[0][2], truth[drawn])
+    assert not labelled_batches(loaded, f"jsonl:{unknown}", nsamples=1).labels_valid  # calibration: unused
 
 
 def test_a_distilbert_classifier_quantizes_each_linear_on_its_own(tmp_path, wordpiece):

@@ -130,6 +130,7 @@ def evaluate_classifier(
             f"{data.name}:{data.split} has no labels: give a labelled SPEC, or a --reference model to measure "
             "agreement and KL with it on these inputs"
         )
+    data = align_labels(loaded, data)  # texts labelled by class name: the model's indices for those names
     start = time.perf_counter()
     sp = predict_probs(loaded, data, samples, batch_size)  # (T, N, C)
     if data.labels is not None:
@@ -207,7 +208,6 @@ def evaluate(
     dataset = load_dataset(spec) if spec is not None else data  # data first: it fails faster than a model load
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     _check_compatible(loaded, dataset, spec or DataSpec(dataset.name, dataset.split))
-    dataset = align_labels(loaded, dataset)
     result: dict[str, Any] = {"model": loaded.key, "data": str(spec or f"{dataset.name}:{dataset.split}")}
     if posterior is not None:
         from bayesquant.posterior import Posterior, bayesian_from_posterior
