@@ -18,6 +18,8 @@ from transformers import (
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 from bayesquant.api import quantize
@@ -125,9 +127,11 @@ def wordpiece():
 def tiny_classifier(directory, tokenizer, arch: str = "bert", classes=CLASSES, **extra):
     common = {"vocab_size": tokenizer.vocab_size, "num_labels": len(classes), "id2label": dict(enumerate(classes)),
               "label2id": {c: i for i, c in enumerate(classes)}, **extra}  # fmt: skip
-    if arch == "bert":
-        config = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, **common)
-        model_cls = BertForSequenceClassification
+    if arch in ("bert", "roberta"):
+        config_cls, model_cls = {"bert": (BertConfig, BertForSequenceClassification),
+                                 "roberta": (RobertaConfig, RobertaForSequenceClassification)}[arch]  # fmt: skip
+        config = config_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            pad_token_id=0, max_position_embeddings=514, **common)  # fmt: skip
     else:
         config = DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, **common)
         model_cls = DistilBertForSequenceClassification
@@ -180,12 +184,19 @@ def test_labels_are_matched_to_the_classifier_by_class_name(tmp_path, wordpiece)
     assert not labelled_batches(loaded, f"jsonl:{unknown}", nsamples=1).labels_valid  # calibration: unused
 
 
-def test_a_distilbert_classifier_quantizes_each_linear_on_its_own(tmp_path, wordpiece):
-    loaded = load_model(tiny_classifier(tmp_path / "distil", wordpiece, arch="distilbert", classes=["neg", "pos"]))
-    assert loaded.family.blocks == "model.distilbert.transformer.layer" and loaded.family.sequential == ()
+@pytest.mark.parametrize(
+    ("arch", "blocks", "sequential", "head"),
+    [
+        ("distilbert", "model.distilbert.transformer.layer", False, ["model.pre_classifier", "model.classifier"]),
+        ("roberta", "model.roberta.encoder.layer", True, ["model.classifier.dense", "model.classifier.out_proj"]),
+    ],
+)
+def test_other_encoder_layouts_quantize_every_linear(tmp_path, wordpiece, arch, blocks, sequential, head):
+    loaded = load_model(tiny_classifier(tmp_path / arch, wordpiece, arch=arch, classes=["neg", "pos"]))
+    assert loaded.family.blocks == blocks and bool(loaded.family.sequential) == sequential  # DistilBERT: one by one
     result = quantize(loaded, QuantizeConfig(method="gptq", bits=4, nsamples=8))
     quantized = [n for n, m in result.model.module.named_modules() if hasattr(m, "dequantized_weight")]
-    assert len(quantized) == 6 * 2 + 2  # q, k, v, out, lin1, lin2 per layer; pre_classifier, classifier
+    assert len(quantized) == 6 * 2 + 2 and quantized[-2:] == head  # 6 Linear per layer, then the head's two
 
 
 def test_cli_quantizes_a_classifier_directory_with_bayesq_and_evaluates_it_on_jsonl(tmp_path, capsys, wordpiece):
