@@ -131,6 +131,8 @@ def evaluate_classifier(
             "agreement and KL with it on these inputs"
         )
     data = align_labels(loaded, data)  # texts labelled by class name: the model's indices for those names
+    if data.labels is not None and loaded.classes:
+        _check_classes(loaded, data, len(loaded.classes))  # before a long prediction pass, where the model says
     start = time.perf_counter()
     sp = predict_probs(loaded, data, samples, batch_size)  # (T, N, C)
     if data.labels is not None:
