@@ -1,11 +1,21 @@
 """A Hugging Face text classifier of the kind users bring: all-MiniLM-L6-v2 fine-tuned end to end as a
-`BertForSequenceClassification` (its [CLS] pooler and a new linear head) on `bbc-news:train`, saved with
-`save_pretrained` (config, weights, tokenizer) to a directory that `--model DIR` takes. Its classes are listed in
-alphabetical order, not in BBC News' order, so evaluating it on `bbc-news:test` or on a JSON Lines file goes
-through the lookup by class name. Optionally writes `bbc-news:test` as a JSON Lines file (`--jsonl`), the format
-of a user's own labelled texts.
+`BertForSequenceClassification` (its [CLS] pooler and a new linear head), saved with `save_pretrained` (config,
+weights, tokenizer) to a directory that `--model DIR` takes. Two tasks from BBC News:
+
+- `--task topic` (default): the article's category. Its classes are listed in alphabetical order, not in BBC
+  News' order, so evaluating it on `bbc-news:test` or on a JSON Lines file goes through the lookup by class name.
+- `--task headline`: a sentence-pair task (the kind of GLUE's QNLI or MRPC). Text: a headline; second text: an
+  article body; label `match` if the headline is the article's own, `mismatch` if it is another article's of the
+  same category (one of each per article, drawn with a fixed seed). The model reads the pair as BERT does, two
+  segments with their `token_type_ids`.
+
+`--jsonl PATH` / `--train-jsonl PATH` write the task's test / training split as JSON Lines (the format of a user's
+own labelled texts, `"text_pair"` for the pairs); the script prints the fine-tuned model's test accuracy as
+transformers computes it, to compare with `bayesquant eval`.
 
     .venv/bin/python bench/hf_classifier.py --out bench/out/bbc-bert --jsonl bench/out/bbc-news-test.jsonl
+    .venv/bin/python bench/hf_classifier.py --task headline --epochs 1 --max-length 128 --out bench/out/bbc-pairs \
+        --jsonl bench/out/bbc-pairs-test.jsonl --train-jsonl bench/out/bbc-pairs-train.jsonl
 """
 
 from __future__ import annotations
@@ -19,22 +29,65 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bayesquant.data import load_bbc_news
+from bayesquant.data import TextData, load_bbc_news
 from bayesquant.models.zoo import _hf_offline, _minilm_dir
 from bayesquant.paths import atomic_dir, atomic_file
 
+MATCH = ["match", "mismatch"]
 
-def write_jsonl(path: Path, split: str) -> None:
+
+def topic_task(split: str) -> TextData:
+    """BBC News with its classes in alphabetical order."""
     data = load_bbc_news(split)
+    classes = sorted(data.classes)
+    labels = torch.tensor([classes.index(data.classes[i]) for i in data.labels.tolist()])
+    return TextData(data.name, split, data.texts, labels, classes)
+
+
+def headline_task(split: str, seed: int = 0) -> TextData:
+    """(headline, body) pairs of `bbc-news:SPLIT`: each article's own (`match`) and, for each article, its headline
+    with the body of another article of its category drawn at random (`mismatch`)."""
+    data = load_bbc_news(split)
+    heads, bodies = zip(*(text.split("\n\n", 1) for text in data.texts), strict=True)
+    generator = torch.Generator().manual_seed(seed)
+    texts, pairs, labels = [], [], []
+    for i, y in enumerate(data.labels.tolist()):
+        same = [j for j in torch.nonzero(data.labels == y).squeeze(1).tolist() if j != i]
+        other = same[int(torch.randint(len(same), (1,), generator=generator))]
+        texts += [heads[i], heads[i]]
+        pairs += [bodies[i], bodies[other]]
+        labels += [0, 1]
+    return TextData("bbc-headlines", split, texts, torch.tensor(labels), MATCH, pairs=pairs)
+
+
+def write_jsonl(path: Path, data: TextData) -> None:
     with atomic_file(path, "w") as fh:
-        for text, label in zip(data.texts, data.labels.tolist(), strict=True):
-            fh.write(json.dumps({"text": text, "label": data.classes[label]}) + "\n")
+        for i, label in enumerate(data.labels.tolist()):
+            pair = {} if data.pairs is None else {"text_pair": data.pairs[i]}
+            row = {"text": data.texts[i], **pair, "label": data.classes[label]}
+            fh.write(json.dumps(row) + "\n")
+
+
+def encoded(tokenizer, data: TextData, idx: list[int], max_length: int) -> dict:
+    texts, pairs = data.batch(idx)
+    return tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+
+@torch.no_grad()
+def accuracy(model, tokenizer, data: TextData, max_length: int, batch_size: int = 32) -> float:
+    right = 0
+    for i in range(0, len(data), batch_size):
+        idx = list(range(i, min(i + batch_size, len(data))))
+        right += int((model(**encoded(tokenizer, data, idx, max_length)).logits.argmax(-1) == data.labels[idx]).sum())
+    return right / len(data)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out/bbc-bert"), help="directory to write")
-    parser.add_argument("--jsonl", type=Path, help="also write bbc-news:test as JSON Lines to this file")
+    parser.add_argument("--task", choices=("topic", "headline"), default="topic", help="see the module docstring")
+    parser.add_argument("--jsonl", type=Path, help="also write the task's test split as JSON Lines to this file")
+    parser.add_argument("--train-jsonl", type=Path, help="also write the task's training split as JSON Lines")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -44,9 +97,9 @@ def main() -> None:
     _hf_offline()
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    train = load_bbc_news("train")
-    classes = sorted(train.classes)
-    labels = torch.tensor([classes.index(train.classes[i]) for i in train.labels.tolist()])
+    make = topic_task if args.task == "topic" else headline_task
+    train, test = make("train"), make("test")
+    classes = train.classes
     tokenizer = AutoTokenizer.from_pretrained(_minilm_dir())
     torch.manual_seed(args.seed)
     model = BertForSequenceClassification.from_pretrained(
@@ -67,10 +120,8 @@ def main() -> None:
         order = torch.randperm(len(train), generator=generator).tolist()
         for i in range(0, len(order), args.batch_size):
             idx = order[i : i + args.batch_size]
-            enc = tokenizer([train.texts[j] for j in idx], truncation=True, max_length=args.max_length,
-                            padding=True, return_tensors="pt")  # fmt: skip
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            loss = F.cross_entropy(logits, labels[idx])
+            logits = model(**encoded(tokenizer, train, idx, args.max_length)).logits  # token types for pairs
+            loss = F.cross_entropy(logits, train.labels[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -79,13 +130,16 @@ def main() -> None:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
+    seconds = time.perf_counter() - start
     with atomic_dir(args.out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    print(f"wrote {args.out} after {time.perf_counter() - start:.0f} s of fine-tuning ({args.epochs} epochs)")
-    if args.jsonl:
-        write_jsonl(args.jsonl, "test")
-        print(f"wrote {args.jsonl}")
+    print(f"wrote {args.out} after {seconds:.0f} s of fine-tuning ({args.epochs} epochs, task {args.task})")
+    print(f"test accuracy (transformers, {len(test)} examples): {100 * accuracy(model, tokenizer, test, 512):.2f}%")
+    for path, data in ((args.jsonl, test), (args.train_jsonl, train)):
+        if path:
+            write_jsonl(path, data)
+            print(f"wrote {path} ({len(data)} lines)")
 
 
 if __name__ == "__main__":

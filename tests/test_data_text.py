@@ -128,6 +128,31 @@ def test_jsonl_with_class_names_and_with_indices(tmp_path):
     indexed = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'i.jsonl', [{'text': 'x', 'label': 3}])}")
     assert indexed.indexed and indexed.labels.tolist() == [3] and indexed.classes == ["0", "1", "2", "3"]
     assert indexed.subset(1).indexed  # subsets keep the kind of label
+    assert named.pairs is None
+
+
+def test_jsonl_sentence_pairs(tmp_path):
+    rows = [{"text": "A man plays.", "text_pair": "Someone plays.", "label": "entailment"}, "",
+            {"text": "A cat sleeps.", "text_pair": "A dog runs.", "label": "contradiction"},
+            {"text": "It rains.", "text_pair": "It is wet.", "label": "entailment"}]  # fmt: skip
+    data = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'p.jsonl', rows)}")
+    assert data.pairs == ["Someone plays.", "A dog runs.", "It is wet."] and data.labels.tolist() == [1, 0, 1]
+    assert data.subset(2).pairs == data.pairs[:2] and data.subset(2).texts == data.texts[:2]
+    assert data.batch([2, 0]) == (["It rains.", "A man plays."], ["It is wet.", "Someone plays."])
+    assert data.joined().startswith("A man plays.\nSomeone plays.\n\nA cat sleeps.")  # language models: running text
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"text": "x", "text_pair": "y", "label": 0}, "", {"text": "z", "label": 1}],
+         r"line 1 has a \"text_pair\" and line 3 has none; give a second text on every line"),
+        ([{"text": "x", "text_pair": 5, "label": 0}], r"line 1: \"text_pair\" is 5; give the second text as a string"),
+    ],
+)  # fmt: skip
+def test_jsonl_pairs_on_every_line_or_none(tmp_path, rows, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'bad.jsonl', rows)}")
 
 
 @pytest.mark.parametrize(

@@ -24,12 +24,13 @@ from transformers import (
 
 from bayesquant.api import quantize
 from bayesquant.config import QuantizeConfig
-from bayesquant.data import load_bbc_news
+from bayesquant.data import load_bbc_news, load_dataset
 from bayesquant.data.calibration import labelled_batches
 from bayesquant.errors import DataError, ModelError
 from bayesquant.eval import evaluate, predict_probs
 from bayesquant.models import Task, load_model
-from bayesquant.models.zoo import _minilm_dir
+from bayesquant.models.nets import segment_ids
+from bayesquant.models.zoo import _minilm_dir, _segments
 from tests.test_cli import assert_one_line_error, run
 
 ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
@@ -222,3 +223,82 @@ def test_classifiers_that_cannot_be_used_are_refused_by_name(tmp_path, wordpiece
     multi = tiny_classifier(tmp_path / "multi", wordpiece, problem_type="multi_label_classification")
     with pytest.raises(ModelError, match=r"multi_label_classification"):
         load_model(multi)
+
+
+# ---------------------------------------------------------------- sentence pairs
+
+PAIRS = [("A man is playing a guitar.", "Someone plays music.", "entailment"),
+         ("Stocks fell sharply on Monday.", "The market rose.", "contradiction"),
+         ("The cat sleeps on the mat.", "An animal is resting.", "entailment"),
+         ("Rain is expected tomorrow.", "The forecast is sunny.", "contradiction")] * 3  # fmt: skip
+
+
+def pairs_file(path):
+    path.write_text("".join(json.dumps({"text": a, "text_pair": b, "label": y}) + "\n" for a, b, y in PAIRS))
+    return path
+
+
+def test_segment_ids_mark_the_second_text_as_bert_does():
+    ids = torch.tensor([[101, 7, 8, 102, 9, 102, 0], [101, 7, 102, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    expected = torch.tensor([[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0, 0]])
+    assert torch.equal(segment_ids(ids, mask, 102), expected)
+
+
+def test_sentence_pairs_reach_a_bert_classifier_with_its_tokenizers_token_types(tmp_path, wordpiece):
+    classes = ["contradiction", "entailment"]
+    loaded = load_model(tiny_classifier(tmp_path / "nli", wordpiece, classes=classes, initializer_range=0.5))
+    assert loaded.module.sep_token_id == wordpiece.sep_token_id and loaded.module.pair_error is None
+    data = load_dataset(f"jsonl:{pairs_file(tmp_path / 'pairs.jsonl')}")
+    enc = wordpiece([a for a, _, _ in PAIRS], [b for _, b, _ in PAIRS], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        inner = loaded.module.model
+        expected = torch.softmax(inner(**enc).logits, -1)  # the tokenizer's own token_type_ids
+        without = torch.softmax(inner(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits, -1)
+    assert (expected - without).abs().max() > 1e-3  # the segments matter to this model
+    torch.testing.assert_close(predict_probs(loaded, data)[0], expected, rtol=0, atol=1e-6)
+    batch = labelled_batches(loaded, f"jsonl:{tmp_path / 'pairs.jsonl'}", nsamples=12, batch_size=12)[0]
+    assert ((batch[0] == wordpiece.sep_token_id).sum(1) == 2).all()  # both texts of every pair are calibrated on
+    result = quantize(
+        loaded, QuantizeConfig(method="gptq", bits=4, nsamples=12, calib=f"jsonl:{tmp_path / 'pairs.jsonl'}")
+    )
+    again = load_model(result.save(tmp_path / "packed"))
+    assert again.module.sep_token_id == wordpiece.sep_token_id
+    torch.testing.assert_close(predict_probs(again, data), predict_probs(result.model, data), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("arch", "extra"), [("roberta", {"type_vocab_size": 1}), ("distilbert", {})])
+def test_encoders_without_segment_embeddings_take_pairs_as_the_tokenizer_joins_them(tmp_path, wordpiece, arch, extra):
+    loaded = load_model(tiny_classifier(tmp_path / arch, wordpiece, arch=arch, classes=["a", "b"], **extra))
+    assert loaded.module.sep_token_id is None and loaded.module.pair_error is None
+    data = load_dataset(f"jsonl:{pairs_file(tmp_path / 'pairs.jsonl')}")
+    enc = wordpiece([a for a, _, _ in PAIRS], [b for _, b, _ in PAIRS], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(
+            loaded.module.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits, -1
+        )
+    torch.testing.assert_close(predict_probs(loaded, data)[0], expected, rtol=0, atol=1e-6)
+
+
+def test_pairs_are_refused_where_they_cannot_be_read(tmp_path, wordpiece):
+    pairs = pairs_file(tmp_path / "pairs.jsonl")
+    with pytest.raises(DataError, match=r'--data jsonl:.*pairs.jsonl gives sentence pairs \("text_pair"\), but '
+                                        r'minilm-bbc takes single texts; drop "text_pair"'):  # fmt: skip
+        evaluate("minilm-bbc", f"jsonl:{pairs}")
+
+    class Marked:  # a tokenizer whose token types are not BERT's: every token of a pair is segment 1
+        model_input_names = ("input_ids", "token_type_ids", "attention_mask")
+        sep_token_id = wordpiece.sep_token_id
+
+        def __call__(self, *texts, **kwargs):
+            enc = wordpiece(*texts, **kwargs)
+            enc["token_type_ids"] = torch.full_like(enc["input_ids"], len(texts) - 1)
+            return enc
+
+    config = BertConfig(type_vocab_size=2)
+    sep, reason = _segments(Marked(), config)
+    assert sep is None and "cannot be rebuilt from the ids" in reason
+    loaded = load_model(tiny_classifier(tmp_path / "nli", wordpiece, classes=["contradiction", "entailment"]))
+    loaded.module.pair_error = reason
+    with pytest.raises(DataError, match=r"--calib jsonl:.* gives sentence pairs .*cannot be rebuilt"):
+        labelled_batches(loaded, f"jsonl:{pairs}", nsamples=4)

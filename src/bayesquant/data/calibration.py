@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -90,7 +91,7 @@ def align_labels(loaded: Any, data: ImageData | TextData, strict: bool = True) -
         )
     index = {name: i for i, name in enumerate(loaded.classes)}
     labels = torch.tensor([index[data.classes[j]] for j in data.labels.tolist()], dtype=torch.long)
-    return TextData(data.name, data.split, data.texts, labels, list(loaded.classes), indexed=True)
+    return replace(data, labels=labels, classes=list(loaded.classes), indexed=True)
 
 
 def labels_fit(loaded: Any, data: ImageData | TextData) -> bool:
@@ -111,9 +112,24 @@ def labels_fit(loaded: Any, data: ImageData | TextData) -> bool:
     return len(data.classes) == n_classes
 
 
-def _tokenized(loaded: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def check_pairs(loaded: Any, data: ImageData | TextData, flag: str) -> None:
+    """Refuse sentence pairs (`TextData.pairs`) for a model that cannot read them: only a Hugging Face
+    `…ForSequenceClassification` directory takes two segments, as it was fine-tuned. `flag` names the argument."""
+    if not isinstance(data, TextData) or data.pairs is None:
+        return
+    spec = f'{flag} {data.name}:{data.split} gives sentence pairs ("text_pair")'
+    if not hasattr(loaded.module, "pair_error"):
+        raise DataError(f'{spec}, but {loaded.key} takes single texts; drop "text_pair"')
+    if loaded.module.pair_error is not None:
+        raise DataError(f"{spec}, but {loaded.module.pair_error}")
+
+
+def encode(loaded: Any, data: TextData, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of the texts at `index` (with their second texts, for sentence pairs),
+    padded to the longest and truncated to the model's length (the longer segment first)."""
+    texts, pairs = data.batch(index)
     length = loaded.max_length or 512
-    enc = loaded.tokenizer(texts, truncation=True, max_length=length, padding=True, return_tensors="pt")
+    enc = loaded.tokenizer(texts, pairs, truncation=True, max_length=length, padding=True, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
 
 
@@ -126,6 +142,8 @@ def _load(loaded: Any, spec: str) -> ImageData | TextData:
         raise DataError(f"--calib {spec}: {loaded.key} does not take images")
     if isinstance(data, TextData) and task not in (*TEXT_TASKS, "causal_lm"):
         raise DataError(f"--calib {spec}: {loaded.key} does not take text")
+    if task != "causal_lm":  # a language model reads pairs as running text (`TextData.joined`)
+        check_pairs(loaded, data, "--calib")
     return data
 
 
@@ -149,8 +167,8 @@ def calibration_batches(
         images = data.images[idx]
         batches = [((_images(loaded, images[i : i + 256]),), {}) for i in range(0, len(images), 256)]
     else:
-        texts = [data.texts[i] for i in idx.tolist()]
-        batches = [(_tokenized(loaded, texts[i : i + 16]), {}) for i in range(0, len(texts), 16)]
+        order = idx.tolist()
+        batches = [(encode(loaded, data, order[i : i + 16]), {}) for i in range(0, len(order), 16)]
     return to_model(batches, loaded.module)
 
 
@@ -201,6 +219,6 @@ def labelled_batches(
         images = data.images[idx]
         batches = [(_images(loaded, images[i : i + bs]), labels[i : i + bs]) for i in range(0, len(idx), bs)]
     else:
-        texts = [data.texts[i] for i in idx.tolist()]
-        batches = [(*_tokenized(loaded, texts[i : i + bs]), labels[i : i + bs]) for i in range(0, len(texts), bs)]
+        order = idx.tolist()
+        batches = [(*encode(loaded, data, order[i : i + bs]), labels[i : i + bs]) for i in range(0, len(order), bs)]
     return Batches(to_model(batches, loaded.module), shuffle, seed, labels_valid=valid, n_total=len(data))

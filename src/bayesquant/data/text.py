@@ -8,7 +8,7 @@ import hashlib
 import importlib.util
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -26,7 +26,8 @@ BBC_SHA256_PREFIX = {"test": "e77a84493f19dd30", "train": "5b3d015a597c6a86"}
 class TextData:
     """Documents with optional class labels. `joined()` is the text used for language modelling. `indexed`: the
     labels are the model's class indices themselves (a JSON Lines file with integer labels), not positions in
-    `classes`."""
+    `classes`. `pairs`: a second text for each document (sentence-pair tasks such as entailment or paraphrase,
+    encoded by the tokenizer as one sequence of two segments), or None."""
 
     name: str
     split: str
@@ -34,22 +35,33 @@ class TextData:
     labels: torch.Tensor | None = None
     classes: list[str] = field(default_factory=list)
     indexed: bool = False
+    pairs: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.texts or not any(t.strip() for t in self.texts):
             raise DataError(f"{self.name}:{self.split} is empty")
+        if self.pairs is not None and len(self.pairs) != len(self.texts):
+            raise DataError(f"{self.name}:{self.split}: {len(self.pairs)} second texts for {len(self.texts)} texts")
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def joined(self, sep: str = "\n\n") -> str:
-        return sep.join(self.texts)
+        if self.pairs is None:
+            return sep.join(self.texts)
+        return sep.join(f"{a}\n{b}" for a, b in zip(self.texts, self.pairs, strict=True))
 
     def subset(self, n: int | None) -> TextData:
         if n is None or n >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:n]
-        return TextData(self.name, self.split, self.texts[:n], labels, self.classes, self.indexed)
+        pairs = None if self.pairs is None else self.pairs[:n]
+        return replace(self, texts=self.texts[:n], labels=labels, pairs=pairs)
+
+    def batch(self, index: list[int]) -> tuple[list[str], list[str] | None]:
+        """The texts at `index` and their second texts (None without pairs), as a tokenizer takes them."""
+        pairs = None if self.pairs is None else [self.pairs[i] for i in index]
+        return [self.texts[i] for i in index], pairs
 
 
 def _bbc_order() -> dict:
@@ -115,7 +127,8 @@ def _read_text(spec: str, path: Path) -> str:
 def load_jsonl(path: str | Path) -> TextData:
     """Labelled texts of the user's own (`jsonl:PATH`): one JSON object per line with a string `"text"` and a
     `"label"` that is either a class name (matched to the model's class names when evaluating) or the class
-    index itself; every line the same kind. Blank lines are skipped; `.gz` is allowed.
+    index itself; every line the same kind. A string `"text_pair"` on every line makes sentence pairs (the second
+    segment of each input, as transformers' tokenizers take it). Blank lines are skipped; `.gz` is allowed.
 
     >>> data = load_jsonl("reviews.jsonl")  # {"text": "Great value.", "label": "positive"} per line  # doctest: +SKIP
     >>> data.classes, data.labels[:3]  # doctest: +SKIP
@@ -126,6 +139,8 @@ def load_jsonl(path: str | Path) -> TextData:
     if not p.is_file():
         raise DataError(f'{spec}: no such file; give a JSON Lines file with one {{"text": …, "label": …}} per line')
     texts: list[str] = []
+    pairs: list[str | None] = []
+    numbers: list[int] = []
     raw_labels: list[str | int] = []
     for number, line in enumerate(_read_text(spec, p).splitlines(), 1):
         if not line.strip():
@@ -143,7 +158,12 @@ def load_jsonl(path: str | Path) -> TextData:
                 f'{spec}, line {number}: "label" is {label!r}; give a class name (a string) or a class index '
                 "(an integer ≥ 0)"
             )
+        pair = row.get("text_pair")
+        if pair is not None and not isinstance(pair, str):
+            raise DataError(f'{spec}, line {number}: "text_pair" is {pair!r}; give the second text as a string')
         texts.append(row["text"])
+        pairs.append(pair)
+        numbers.append(number)
         raw_labels.append(label)
     if not texts:
         raise DataError(f'{spec}: no lines; give one {{"text": …, "label": …}} per line')
@@ -155,13 +175,22 @@ def load_jsonl(path: str | Path) -> TextData:
             f"{spec}: mixes class names ({raw_labels[first_str]!r}) and class indices ({raw_labels[first_int]!r}); "
             "use one kind for every line"
         )
+    missing = [i for i, pair in enumerate(pairs) if pair is None]
+    if 0 < len(missing) < len(pairs):
+        with_pair = next(i for i, pair in enumerate(pairs) if pair is not None)
+        raise DataError(
+            f'{spec}: line {numbers[with_pair]} has a "text_pair" and line {numbers[missing[0]]} has none; give a '
+            "second text on every line (sentence pairs) or on none"
+        )
+    second = None if missing else pairs
     if kinds == {int}:
         labels = torch.tensor(raw_labels, dtype=torch.long)
-        return TextData("jsonl", str(p), texts, labels, [str(c) for c in range(int(labels.max()) + 1)], indexed=True)
+        classes = [str(c) for c in range(int(labels.max()) + 1)]
+        return TextData("jsonl", str(p), texts, labels, classes, indexed=True, pairs=second)
     classes = sorted(set(raw_labels))
     position = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([position[label] for label in raw_labels], dtype=torch.long)
-    return TextData("jsonl", str(p), texts, labels, classes)
+    return TextData("jsonl", str(p), texts, labels, classes, pairs=second)
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bayesquant.data import DataSpec, ImageData, TextData, eval_windows, load_dataset, tokenize
-from bayesquant.data.calibration import align_labels
+from bayesquant.data.calibration import align_labels, check_pairs, encode
 from bayesquant.data.images import INPUT_SHAPES, to_input_shape
 from bayesquant.errors import UserError
 from bayesquant.eval import metrics as M
@@ -64,15 +64,9 @@ def _batches(loaded: LoadedModel, data: ImageData | TextData, batch_size: int):
         for i in range(0, len(data), batch_size):
             yield (to_model(to_input_shape(data.images[i : i + batch_size], shape), loaded.module),)
     else:
+        check_pairs(loaded, data, "--data")
         for i in range(0, len(data), batch_size):
-            enc = loaded.tokenizer(
-                data.texts[i : i + batch_size],
-                truncation=True,
-                max_length=loaded.max_length or 512,
-                padding=True,
-                return_tensors="pt",
-            )
-            yield to_model((enc["input_ids"], enc["attention_mask"]), loaded.module)
+            yield to_model(encode(loaded, data, list(range(i, min(i + batch_size, len(data))))), loaded.module)
 
 
 @torch.no_grad()
@@ -130,6 +124,7 @@ def evaluate_classifier(
             f"{data.name}:{data.split} has no labels: give a labelled SPEC, or a --reference model to measure "
             "agreement and KL with it on these inputs"
         )
+    check_pairs(loaded, data, "--data")
     data = align_labels(loaded, data)  # texts labelled by class name: the model's indices for those names
     if data.labels is not None and loaded.classes:
         _check_classes(loaded, data, len(loaded.classes))  # before a long prediction pass, where the model says

@@ -194,15 +194,32 @@ class TextClassifier(nn.Module):
 
 class HFSequenceClassifier(nn.Module):
     """A transformers `…ForSequenceClassification` model as (input_ids, attention_mask) → logits, the calling
-    convention of every text classifier here. `config` is the wrapped model's (a checkpoint saves it)."""
+    convention of every text classifier here. `config` is the wrapped model's (a checkpoint saves it).
 
-    def __init__(self, model: nn.Module) -> None:
+    Sentence pairs: a model with segment embeddings (BERT's `token_type_ids`) gets them rebuilt from the ids,
+    segment 1 after the first `sep_token_id` ([CLS] A [SEP] B [SEP] → 0…0 1…1, padding 0), which is what its
+    tokenizer gives (`zoo.load_hf_sequence_classifier` checks that it does); `sep_token_id=None` passes none, as
+    for RoBERTa or DistilBERT. `pair_error` says why the model cannot take pairs, or is None."""
+
+    def __init__(self, model: nn.Module, sep_token_id: int | None = None, pair_error: str | None = None) -> None:
         super().__init__()
         self.model = model
+        self.sep_token_id = sep_token_id
+        self.pair_error = pair_error
 
     @property
     def config(self):
         return self.model.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        if self.sep_token_id is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        types = segment_ids(input_ids, attention_mask, self.sep_token_id)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=types).logits
+
+
+def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, sep_token_id: int) -> torch.Tensor:
+    """BERT's token types of (N, L) ids: 1 from the token after the first separator on, 0 before and on padding."""
+    sep = (input_ids == sep_token_id).long()
+    before = sep.cumsum(1) - sep  # separators strictly before each position
+    return ((before > 0) & attention_mask.bool()).long()

@@ -226,11 +226,32 @@ def load_hf_sequence_classifier(directory: Path, config: Any, tokenizer: Any, *,
     lengths.append(getattr(config, "max_position_embeddings", None))
     max_length = min(n for n in lengths if isinstance(n, int) and n > 1)
     classes = [str(config.id2label.get(i, i)) for i in range(config.num_labels)]
-    model = nets.HFSequenceClassifier(inner)
+    model = nets.HFSequenceClassifier(inner, *_segments(tokenizer, config))
     meta = _hf_meta(config, arch)
     return LoadedModel(
         str(directory.resolve()), model.eval(), Task.TEXT, family, tokenizer, classes, max_length=max_length, meta=meta
     )
+
+
+def _segments(tokenizer: Any, config: Any) -> tuple[int | None, str | None]:
+    """How an encoder classifier reads sentence pairs: `(sep_token_id, None)` where its segment embeddings are
+    rebuilt from the ids (`nets.segment_ids`, checked here against what the tokenizer gives for a single text and
+    a pair), `(None, None)` where it has none to feed (RoBERTa, DistilBERT, or a tokenizer that gives none), or
+    `(None, reason)` where pairs cannot be read correctly."""
+    if getattr(config, "type_vocab_size", 1) <= 1 or "token_type_ids" not in tokenizer.model_input_names:
+        return None, None
+    sep = tokenizer.sep_token_id
+    if sep is None:
+        return None, f"its tokenizer has no separator token to tell the two texts apart ({type(tokenizer).__name__})"
+    for args in (("one text",), ("a first text", "and a second")):
+        enc = tokenizer(*args, return_tensors="pt", return_token_type_ids=True)
+        types = nets.segment_ids(enc["input_ids"], enc["attention_mask"], sep)
+        if not torch.equal(types, enc["token_type_ids"]):
+            return None, (
+                f"its tokenizer ({type(tokenizer).__name__}) marks the two segments in a way that cannot be rebuilt "
+                f"from the ids (token types {enc['token_type_ids'][0].tolist()}); give single texts"
+            )
+    return sep, None
 
 
 def _has_submodule(module: nn.Module, name: str) -> bool:
