@@ -131,11 +131,13 @@ def main() -> None:
     bar.close()
     model.eval()
     seconds = time.perf_counter() - start
+    tokenizer.model_max_length = args.max_length  # the length it was fine-tuned at: `--model DIR` truncates there
     with atomic_dir(args.out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     print(f"wrote {args.out} after {seconds:.0f} s of fine-tuning ({args.epochs} epochs, task {args.task})")
-    print(f"test accuracy (transformers, {len(test)} examples): {100 * accuracy(model, tokenizer, test, 512):.2f}%")
+    score = accuracy(model, tokenizer, test, args.max_length)
+    print(f"test accuracy (transformers, {len(test)} examples, {args.max_length} tokens): {100 * score:.2f}%")
     for path, data in ((args.jsonl, test), (args.train_jsonl, train)):
         if path:
             write_jsonl(path, data)

@@ -214,7 +214,18 @@ def test_cli_quantizes_a_classifier_directory_with_bayesq_and_evaluates_it_on_js
     assert "accuracy" in stdout
     code, stdout, err = run(capsys, "eval", "--model", str(out), "--data", f"jsonl:{data}")
     assert code == 0, err
-    assert "accuracy" in stdout
+    assert "accuracy" in stdout and "(texts cut to 512 tokens)" in stdout
+
+
+def test_texts_are_cut_at_the_tokenizers_model_max_length(tmp_path, wordpiece):
+    source = tiny_classifier(tmp_path / "short", wordpiece)
+    settings = json.loads((source / "tokenizer_config.json").read_text())
+    (source / "tokenizer_config.json").write_text(json.dumps(settings | {"model_max_length": 24}))
+    loaded = load_model(source)  # fine-tuned on 24 tokens, as the saved tokenizer says
+    assert loaded.max_length == 24
+    batch = labelled_batches(loaded, "bbc-news:train", nsamples=4, batch_size=4)[0]
+    assert batch[0].shape[1] == 24  # BBC articles are longer: every one is cut there
+    assert evaluate(loaded, load_bbc_news("test").subset(4))["max_length"] == 24
 
 
 def test_classifiers_that_cannot_be_used_are_refused_by_name(tmp_path, wordpiece):

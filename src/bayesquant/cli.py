@@ -125,7 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     shown = ("perplexity", "accuracy", "nll", "ece", "brier", "entropy", "mutual_information", "agreement")
     shown += ("kl_to_reference", "n", "n_windows", "seconds", "peak_rss_gb")
     keys = [k for k in shown if k in result]
-    print(f"{result['model']} on {result['data']}")
+    cut = f" (texts cut to {result['max_length']} tokens)" if "max_length" in result else ""
+    print(f"{result['model']} on {result['data']}{cut}")
     print_table([result], keys)
     write_json(args.json, result)
 

@@ -206,6 +206,8 @@ def evaluate(
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     _check_compatible(loaded, dataset, spec or DataSpec(dataset.name, dataset.split))
     result: dict[str, Any] = {"model": loaded.key, "data": str(spec or f"{dataset.name}:{dataset.split}")}
+    if isinstance(dataset, TextData) and loaded.task != Task.CAUSAL_LM:
+        result["max_length"] = loaded.max_length or 512  # where texts are cut: a model tuned on shorter ones needs less
     if posterior is not None:
         from bayesquant.posterior import Posterior, bayesian_from_posterior
 
