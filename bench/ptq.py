@@ -307,6 +307,7 @@ def plot(rows: list[dict], metric: str, title: str, path: Path) -> None:
     ax.set_ylabel(
         {"accuracy": "accuracy (%)", "kl_to_reference": "KL(float ‖ quantized), 10⁻³ nats"}.get(metric, metric)
     )
+    title = re.sub(r"(?<![\w.])[^\s:]*/([^\s/]+)", r"\1", title)  # paths by their last part: the title fits
     ax.set_title(title + (f" (mean ± std over {len(seeds)} calibration seeds)" if len(seeds) > 1 else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
