@@ -313,3 +313,15 @@ def test_pairs_are_refused_where_they_cannot_be_read(tmp_path, wordpiece):
     loaded.module.pair_error = reason
     with pytest.raises(DataError, match=r"--calib jsonl:.* gives sentence pairs .*cannot be rebuilt"):
         labelled_batches(loaded, f"jsonl:{pairs}", nsamples=4)
+
+
+def test_cli_warns_when_pairs_are_evaluated_but_single_texts_calibrate(tmp_path, capsys, caplog, wordpiece):
+    source = tiny_classifier(tmp_path / "nli", wordpiece, classes=["contradiction", "entailment"])
+    pairs = f"jsonl:{pairs_file(tmp_path / 'pairs.jsonl')}"
+    warning = "gives sentence pairs, but calibration defaults to single texts"
+    for out, calib in (("q", []), ("q2", ["--calib", pairs])):
+        caplog.clear()
+        code, _, err = run(capsys, "quantize", "--model", str(source), "--method", "rtn", "--bits", "4", *calib,
+                           "--eval", pairs, "--out", str(tmp_path / out))  # fmt: skip
+        assert code == 0, err
+        assert (warning in caplog.text) == (not calib)

@@ -156,6 +156,12 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         from bayesquant.data import ImageData, load_dataset
 
         eval_data = load_dataset(args.eval)
+        if getattr(eval_data, "pairs", None) is not None and not args.calib:
+            log.warning(
+                "--eval %s gives sentence pairs, but calibration defaults to single texts; pass --calib "
+                "jsonl:TRAIN.jsonl with pairs of the same kind",
+                args.eval,
+            )
     result = quantize(args.model, config)
     saved = result.save(out)
     size = size_report(saved)
