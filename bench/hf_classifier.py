@@ -50,9 +50,12 @@ def headline_task(split: str, seed: int = 0) -> TextData:
     data = load_bbc_news(split)
     heads, bodies = zip(*(text.split("\n\n", 1) for text in data.texts), strict=True)
     generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(data.labels.tolist()):
+        by_class.setdefault(y, []).append(i)
     texts, pairs, labels = [], [], []
     for i, y in enumerate(data.labels.tolist()):
-        same = [j for j in torch.nonzero(data.labels == y).squeeze(1).tolist() if j != i]
+        same = [j for j in by_class[y] if j != i]
         other = same[int(torch.randint(len(same), (1,), generator=generator))]
         texts += [heads[i], heads[i]]
         pairs += [bodies[i], bodies[other]]
