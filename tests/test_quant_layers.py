@@ -348,7 +348,7 @@ def test_quantize_module_inplace():
     assert torch.allclose(model[1](new(x)), model[1](F.linear(x, new.dequantized_weight(), new.bias)))
     conv = quantize_module_inplace(model, "2.0", rtn_weight(model[2][0].weight, [(4, 9, 9)]))
     assert isinstance(model[2][0], QuantConv2d) and conv is model[2][0]
-    with pytest.raises(TypeError, match=r"only nn\.Linear and nn\.Conv2d"):
+    with pytest.raises(TypeError, match=r"only nn\.Linear, nn\.Conv2d and nn\.Embedding"):
         quantize_module_inplace(model, "1", rtn_weight(torch.randn(2, 2), [(4, 2, 2)]))
     with pytest.raises(ValueError, match="no such submodule"):
         quantize_module_inplace(model, "5", rtn_weight(torch.randn(2, 2), [(4, 2, 2)]))

@@ -46,6 +46,7 @@ class SolveLog:
     plan_meta: dict = dataclasses.field(default_factory=dict)
     posterior: object | None = None  # BayesQ's posterior: the distillation teacher's draws come from it
     distill: dict = dataclasses.field(default_factory=dict)  # what the optional distillation did
+    embeddings: dict = dataclasses.field(default_factory=dict)  # quantized embedding tables: name → settings
 
 
 METHODS: Registry[MethodSpec] = Registry("method", "--method")
@@ -341,6 +342,8 @@ class QuantizeResult:
             extra["notes"] = self.log.notes
         if self.log.distill:
             extra["distill"] = self.log.distill
+        if self.log.embeddings:
+            extra["embeddings"] = self.log.embeddings
         return save_quantized(
             self.model, directory, key=self.model.key, method=self.config.method.value, plan=plan, extra=extra
         )
@@ -360,6 +363,11 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
         from bayesquant.allocation.plan import Plan
 
         Plan.load(config.plan).check_modules(list(loaded.family.quantizable_modules(loaded.module)))
+    embeddings = {}
+    if config.embedding_bits is not None:  # checked now: a tied table fails in seconds, not after the method
+        from bayesquant.solvers.embedding import embedding_targets
+
+        embeddings = embedding_targets(loaded.module)
     batches: list = []
     needs_hessian = spec.needs_hessian and not (config.method == Method.BAYESQ and config.solver == "rtn")
     if needs_hessian or config.distill_steps:
@@ -373,6 +381,8 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
                                     samples=config.distill_samples, predictive=config.distill_predictive,
                                     temperature=config.distill_temperature, seed=config.seed)  # fmt: skip
     calib_seconds = time.perf_counter() - start
+    if embeddings:  # before the layers: their calibration inputs then come from the rounded tables
+        solve_log.embeddings = _quantize_embeddings(loaded.module, embeddings, config)
     report = quantize_sequential(
         loaded.module,
         loaded.family,
@@ -391,6 +401,21 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
         solve_log.distill = {**done.as_dict(), "teacher_samples": teacher.samples,
                              "seconds": time.perf_counter() - t}  # fmt: skip
     return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds, solve_log)
+
+
+def _quantize_embeddings(model: nn.Module, embeddings: dict[str, nn.Module], config: QuantizeConfig) -> dict:
+    """Round every table of `embeddings` and swap in its QuantEmbedding; returns what was done, by name."""
+    from bayesquant.nn.layers import quantize_module_inplace
+    from bayesquant.solvers.embedding import EMBEDDING_GRID, quantize_embedding
+
+    done = {}
+    for name, emb in embeddings.items():
+        t = time.perf_counter()
+        qw = quantize_embedding(emb, config.embedding_bits, config.embedding_group_size)
+        quantize_module_inplace(model, name, qw)
+        done[name] = {"bits": config.embedding_bits, "group_size": config.embedding_group_size,
+                      "grid": EMBEDDING_GRID, "shape": list(qw.shape), "seconds": time.perf_counter() - t}  # fmt: skip
+    return done
 
 
 POSTERIOR_METHODS = ("laplace-diag", "laplace-layerwise", "vi")

@@ -134,7 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_quantize(args: argparse.Namespace) -> None:
     from bayesquant.api import quantize
     from bayesquant.config import QuantizeConfig
-    from bayesquant.io import size_report
+    from bayesquant.io import read_config, size_report
 
     config = QuantizeConfig(
         method=args.method, bits=args.bits, group_size=args.group_size, symmetric=args.symmetric,
@@ -147,6 +147,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         metric=args.metric, distill_steps=args.distill_steps, distill_lr=args.distill_lr,
         distill_samples=args.distill_samples, distill_params=args.distill_params,
         distill_predictive=args.distill_predictive, distill_temperature=args.distill_temperature,
+        embedding_bits=args.embedding_bits, embedding_group_size=args.embedding_group_size,
     )  # fmt: skip
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -175,10 +176,14 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         "nominal_bits": size["nominal_bits"],
         "storable_bits": size["storable_bits"],
         "quantize_seconds": result.seconds,
+        "file_mb": read_config(saved)["file"]["bytes"] / 1e6,
         "peak_rss_gb": peak_rss_gb(),
         "out": str(saved),
         "config": config.to_dict(),
     }
+    if "embeddings" in size:  # reported apart: storable_bits stays the layers' figure
+        summary["embedding_storable_bits"] = size["embeddings"]["storable_bits"]
+        summary["embedding_mb"] = size["embeddings"]["bytes"] / 1e6
     if result.log.distill:
         summary["distill"] = result.log.distill
     if args.eval:
@@ -191,7 +196,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         summary |= {k: v for k, v in metrics.items() if k not in ("model",)}
         summary["eval_seconds"] = metrics["seconds"]
         summary["peak_rss_with_eval_gb"] = peak_rss_gb()  # peak_rss_gb stays the quantize-and-save peak
-    shown = ["model", "method", "bits", "group_size", "nominal_bits", "storable_bits", "quantize_seconds"]
+    shown = ["model", "method", "bits", "group_size", "nominal_bits", "storable_bits"]
+    shown += [k for k in ("embedding_storable_bits",) if k in summary] + ["file_mb", "quantize_seconds"]
     metric_keys = ("perplexity", "accuracy", "nll", "ece", "agreement", "kl_to_reference")
     shown += [k for k in metric_keys if k in summary] + ["peak_rss_gb"]
     print_table([summary], shown)
@@ -434,6 +440,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="bayesq: posterior temperature τ of the teacher (σ² · τ); default 0: the float model teaches",
+    )
+    p.add_argument(
+        "--embedding-bits",
+        type=_positive_int,
+        help="also round every embedding table to this width (default: kept in floating point)",
+    )
+    p.add_argument(
+        "--embedding-group-size",
+        type=_positive_int,
+        help="with --embedding-bits: entries per grid along a row (default: one grid per row)",
     )
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

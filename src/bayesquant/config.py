@@ -67,6 +67,10 @@ class QuantizeConfig:
     "sampled": the network at the drawn weights; σ² scaled by `distill_temperature` τ), or the float model (τ = 0,
     the default — measured better on accuracy, docs/results.md —, `distill_samples` 0, or a method without a
     posterior).
+
+    Embeddings (any method, off by default): `embedding_bits` rounds every nn.Embedding table to that width with
+    one grid per row, or per `embedding_group_size` entries of a row (`bayesquant.solvers.embedding`). They are
+    reported apart from the layers the method quantizes, so `bits` and the storable bits keep counting those.
     """
 
     method: Method = Method.GPTQ
@@ -101,6 +105,8 @@ class QuantizeConfig:
     distill_params: str = "bias_norm_grid"
     distill_predictive: str = "linearized"
     distill_temperature: float = 0.0
+    embedding_bits: int | None = None
+    embedding_group_size: int | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -160,6 +166,14 @@ class QuantizeConfig:
                             "drop --static-groups")  # fmt: skip
         if self.static_groups and self.group_size is None:
             raise UserError("--static-groups needs --group-size")
+        eb = self.embedding_bits
+        if eb is not None and (isinstance(eb, bool) or not isinstance(eb, int) or not 1 <= eb <= 8):
+            raise UserError(f"--embedding-bits {eb!r}: must be an integer from 1 to 8 (omit it to keep them float)")
+        if self.embedding_group_size is not None:
+            if eb is None:
+                raise UserError("--embedding-group-size: only with --embedding-bits")
+            if self.embedding_group_size < 1:
+                raise UserError(f"--embedding-group-size {self.embedding_group_size}: must be ≥ 1 (omit: per row)")
 
     @property
     def mixed(self) -> bool:

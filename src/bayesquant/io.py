@@ -2,8 +2,9 @@
 
 A checkpoint is a directory with two files:
 
-    model.safetensors   the whole state dict: QuantLinear/QuantConv2d buffers (packed codes, float16 grids,
-                        perm or segmap) and every remaining float parameter and buffer; tied tensors stored once
+    model.safetensors   the whole state dict: QuantLinear/QuantConv2d/QuantEmbedding buffers (packed codes,
+                        float16 grids, perm or segmap) and every remaining float parameter and buffer; tied tensors
+                        stored once
     config.json         {"format": "bayesquant-packed", "format_version": 2, "key": zoo key, "method", "plan",
                         "extra", "modules": {qualified name: spec()}, "file": {"name", "bytes", "sha256"},
                         "size": size report}
@@ -16,7 +17,8 @@ specs and loads the tensors with safetensors (never pickle), with strict key che
 
 Sizes are measured (DESIGN §3): `storable_bits` = bytes of every stored tensor of the quantized modules
 except their bias (codes, scales, zeros, codebooks, perms or segment maps) × 8 / number of quantized weights,
-read from the safetensors header of the written file.
+read from the safetensors header of the written file. Quantized embedding tables (`--embedding-bits`) are
+counted in a line of their own, "embeddings", so that storable bits compare the layers every method quantizes.
 
 >>> path = save_quantized(model, "out/lenet-rtn4", key="lenet5-mnist", method="rtn")  # doctest: +SKIP
 >>> load_quantized(path).meta["size"]["storable_bits"]  # doctest: +SKIP
@@ -165,44 +167,59 @@ def _check_target(directory: Path) -> None:
 # ---------------------------------------------------------------- size
 
 
-def _report(specs: dict[str, dict], tensor_bytes: dict[str, int]) -> dict:
-    """The size report from module specs and the stored bytes of every tensor (by state-dict name)."""
-    quant = {f"{name}.{t}" for name, spec in specs.items() for t in quant_tensor_names(spec)}
-    missing = sorted(quant - tensor_bytes.keys())
-    if missing:
-        raise ModelError(f"quantized tensors missing from the stored state dict: {', '.join(missing[:5])}")
+EMBEDDING = "QuantEmbedding"  # reported apart: storable bits count the layers the method quantized
+
+
+def _rows(specs: dict[str, dict], tensor_bytes: dict[str, int]) -> tuple[list[dict], dict]:
+    """Per-module size rows and their totals (n_weights, nominal_bits, storable_bits, bytes)."""
     rows, total_bytes, total_n, total_code_bits = [], 0, 0, 0.0
     for name, spec in specs.items():
         n = math.prod(spec["shape"])
         nbytes = sum(tensor_bytes[f"{name}.{t}"] for t in quant_tensor_names(spec))
         cols = math.prod(spec["shape"][1:])
         nominal = sum(seg["bits"] * seg["n_cols"] for seg in spec["segments"]) / cols
-        rows.append(
-            {
-                "module": name,
-                "n_weights": n,
-                "nominal_bits": nominal,
-                "storable_bits": nbytes * 8 / n,
-                "bytes": nbytes,
-            }
-        )
+        rows.append({"module": name, "n_weights": n, "nominal_bits": nominal, "storable_bits": nbytes * 8 / n,
+                     "bytes": nbytes})  # fmt: skip
         total_bytes, total_n, total_code_bits = total_bytes + nbytes, total_n + n, total_code_bits + nominal * n
-    return {
-        "n_quantized_weights": total_n,
+    totals = {
+        "n_weights": total_n,
         "nominal_bits": total_code_bits / total_n if total_n else None,
         "storable_bits": total_bytes * 8 / total_n if total_n else None,
-        "quantized_bytes": total_bytes,
+        "bytes": total_bytes,
+    }
+    return rows, totals
+
+
+def _report(specs: dict[str, dict], tensor_bytes: dict[str, int]) -> dict:
+    """The size report from module specs and the stored bytes of every tensor (by state-dict name)."""
+    quant = {f"{name}.{t}" for name, spec in specs.items() for t in quant_tensor_names(spec)}
+    missing = sorted(quant - tensor_bytes.keys())
+    if missing:
+        raise ModelError(f"quantized tensors missing from the stored state dict: {', '.join(missing[:5])}")
+    tables = {name: spec for name, spec in specs.items() if spec.get("type") == EMBEDDING}
+    rows, totals = _rows({k: v for k, v in specs.items() if k not in tables}, tensor_bytes)
+    report = {
+        "n_quantized_weights": totals["n_weights"],
+        "nominal_bits": totals["nominal_bits"],
+        "storable_bits": totals["storable_bits"],
+        "quantized_bytes": totals["bytes"],
         # every other stored tensor: float parameters and buffers, biases
         "other_bytes": sum(v for k, v in tensor_bytes.items() if k not in quant),
         "modules": rows,
     }
+    if tables:  # quantized embedding tables, counted apart from the layers above
+        emb_rows, emb = _rows(tables, tensor_bytes)
+        report["embeddings"] = {**emb, "modules": emb_rows}
+    return report
 
 
 def size_report(source: nn.Module | LoadedModel | str | Path) -> dict:
     """Measured size of a model with packed modules, or of a checkpoint directory (read from its file header).
 
     Returns {"n_quantized_weights", "nominal_bits" (mean code width), "storable_bits" (quantized tensor bytes
-    × 8 / n_quantized_weights), "quantized_bytes", "other_bytes", "modules": per-module rows}.
+    × 8 / n_quantized_weights), "quantized_bytes", "other_bytes", "modules": per-module rows} over the quantized
+    Linear/Conv2d layers; with quantized embedding tables also "embeddings": {"n_weights", "nominal_bits",
+    "storable_bits", "bytes", "modules"} for those, which the first figures leave out.
     """
     if isinstance(source, (str, Path)):
         directory = Path(source)

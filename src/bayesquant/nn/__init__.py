@@ -1,7 +1,9 @@
-"""Packed quantized weights and layers: bit packing, `QuantizedWeight`, `QuantLinear` / `QuantConv2d`."""
+"""Packed quantized weights and layers: bit packing, `QuantizedWeight`, `QuantLinear` / `QuantConv2d` /
+`QuantEmbedding`."""
 
 from bayesquant.nn.layers import (
     QuantConv2d,
+    QuantEmbedding,
     QuantLinear,
     QuantModule,
     SegmentLayout,
@@ -17,6 +19,7 @@ from bayesquant.nn.qweight import QuantizedSegment, QuantizedWeight, dequantize_
 
 __all__ = [
     "QuantConv2d",
+    "QuantEmbedding",
     "QuantLinear",
     "QuantModule",
     "QuantizedSegment",

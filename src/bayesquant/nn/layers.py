@@ -49,6 +49,7 @@ from bayesquant.nn.qweight import (
 
 __all__ = [
     "QuantConv2d",
+    "QuantEmbedding",
     "QuantLinear",
     "QuantModule",
     "SegmentLayout",
@@ -422,11 +423,91 @@ class QuantConv2d(QuantModule):
         return f"{super().extra_repr()}, stride={self.stride}, padding={self.padding}, groups={self.groups}"
 
 
-QUANT_MODULES: dict[str, type[QuantModule]] = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+class QuantEmbedding(QuantModule):
+    """nn.Embedding with a packed quantized table (num_embeddings, embedding_dim): one row per token, grouped
+    along the embedding dimension. A lookup unpacks and dequantizes only the rows it needs (when each row takes
+    whole bytes: one segment, no permutation), so the float table is never built; the output has the dtype the
+    float embedding had (`dtype`, follows `.to(dtype)`)."""
+
+    float_type = nn.Embedding
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        layouts: Sequence[SegmentLayout],
+        has_perm: bool | str,
+        has_bias: bool,
+        padding_idx: int | None = None,
+        dtype: str = "float32",
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(shape, layouts, has_perm, has_bias, device)
+        if len(self.weight_shape) != 2 or has_bias:
+            raise ValueError(f"QuantEmbedding: shape={self.weight_shape} must be (num_embeddings, dim), no bias")
+        if dtype not in _DTYPES:
+            raise ValueError(f"QuantEmbedding: dtype={dtype!r}; valid: {', '.join(_DTYPES)}")
+        self.num_embeddings, self.embedding_dim = self.weight_shape
+        self.padding_idx = None if padding_idx is None else int(padding_idx)
+        # an empty tensor that `.to(dtype)` converts like a float parameter: the dtype of the looked-up rows
+        self.register_buffer("dtype_probe", torch.empty(0, dtype=_DTYPES[dtype], device=device), persistent=False)
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding, qw: QuantizedWeight) -> QuantEmbedding:
+        """Pack `qw` (the quantized `emb.weight`), keeping `padding_idx` and the table's dtype."""
+        cls._check_float(emb, qw)
+        if type(emb).forward is not nn.Embedding.forward:
+            raise TypeError(f"{type(emb).__name__} overrides nn.Embedding.forward; QuantEmbedding cannot replace it")
+        if emb.max_norm is not None:
+            raise TypeError(f"{emb}: max_norm renormalises the table in place at lookup; it cannot be packed")
+        dtype = next(k for k, v in _DTYPES.items() if v == emb.weight.dtype)
+        m = cls(qw.shape, cls._layouts(qw), perm_storage(qw), False, emb.padding_idx, dtype, emb.weight.device)
+        m._fill(qw, None)
+        return m.train(emb.training)
+
+    def _extra_spec(self) -> dict[str, Any]:
+        dtype = next(k for k, v in _DTYPES.items() if v == self.dtype_probe.dtype)
+        return {"padding_idx": self.padding_idx, "dtype": dtype}
+
+    @classmethod
+    def _extra_from_spec(cls, spec: dict) -> dict[str, Any]:
+        return {"padding_idx": spec["padding_idx"], "dtype": spec["dtype"]}
+
+    def rows(self, ids: Tensor) -> Tensor:
+        """Float32 rows (len(ids), dim) of the table for a 1-D tensor of token ids."""
+        lay = self.layouts[0]
+        if len(self.layouts) > 1 or self.perm_kind or lay.n_cols * lay.bits % 8:
+            return self.dequantized_weight()[ids]
+        row_bytes = lay.n_cols * lay.bits // 8
+        packed = self.qweight_0.view(self.num_embeddings, row_bytes)[ids]  # (k, row_bytes): rows are byte-aligned
+        codes = unpack_bits(packed.reshape(-1), lay.bits, len(ids) * lay.n_cols).view(len(ids), lay.n_cols)
+        if lay.codebook_rows:
+            book = self.codebook_0 if lay.codebook_rows == 1 else self.codebook_0[ids]
+            return dequantize_segment(codes, lay.group_size, codebook=book)
+        return dequantize_segment(codes, lay.group_size, self.scale_0[ids], self.zero_0[ids])
+
+    def forward(self, ids: Tensor) -> Tensor:
+        dtype = self.dtype_probe.dtype
+        if self.cache_dequantized:
+            return F.embedding(ids, self._weight(dtype))
+        unique, inverse = torch.unique(ids, return_inverse=True)  # each needed row unpacked once
+        return F.embedding(inverse, self.rows(unique).to(dtype))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, padding_idx={self.padding_idx}"
+
+
+QUANT_MODULES: dict[str, type[QuantModule]] = {
+    "QuantLinear": QuantLinear,
+    "QuantConv2d": QuantConv2d,
+    "QuantEmbedding": QuantEmbedding,
+}
 
 
 def module_from_spec(spec: dict, device: torch.device | str | None = None) -> QuantModule:
-    """An empty QuantLinear / QuantConv2d built from a `spec()` dict (ValueError if the type is unknown)."""
+    """An empty QuantLinear / QuantConv2d / QuantEmbedding from a `spec()` dict (ValueError if the type is unknown)."""
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind not in QUANT_MODULES:
         raise ValueError(f"unknown quantized module type {kind!r}; valid: {', '.join(QUANT_MODULES)}")
@@ -460,7 +541,7 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def quantize_module_inplace(model: nn.Module, name: str, qw: QuantizedWeight) -> QuantModule:
-    """Swap the nn.Linear / nn.Conv2d at `name` for its packed QuantLinear / QuantConv2d; returns the new module."""
+    """Swap the nn.Linear / nn.Conv2d / nn.Embedding at `name` for its packed module; returns the new module."""
     try:
         target = model.get_submodule(name)
     except AttributeError as exc:
@@ -469,7 +550,10 @@ def quantize_module_inplace(model: nn.Module, name: str, qw: QuantizedWeight) ->
         new: QuantModule = QuantConv2d.from_float(target, qw)
     elif isinstance(target, nn.Linear):
         new = QuantLinear.from_float(target, qw)
+    elif isinstance(target, nn.Embedding):
+        new = QuantEmbedding.from_float(target, qw)
     else:
-        raise TypeError(f"{name!r} is a {type(target).__name__}; only nn.Linear and nn.Conv2d can be quantized")
+        kind = type(target).__name__
+        raise TypeError(f"{name!r} is a {kind}; only nn.Linear, nn.Conv2d and nn.Embedding can be quantized")
     set_submodule(model, name, new)
     return new
