@@ -26,6 +26,7 @@ from bayesquant.quantizers import (
     quantize_uniform,
     ste,
 )
+from bayesquant.quantizers import uniform as uniform_module
 
 KINDS = QUANTIZERS.names()
 
@@ -135,6 +136,18 @@ def test_weighted_mse_search():
     outliers = w.abs() > 1.5
     ignored = fit_uniform(w, 3, method="mse", norm=2, weights=(~outliers).double())  # outliers cost nothing
     assert torch.all(ignored.scale <= plain.scale) and torch.any(ignored.scale < plain.scale)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_the_mse_search_gives_the_same_grids_in_row_blocks(monkeypatch, symmetric):
+    w = _data("uniform", rows=7, cols=40)
+    wt = torch.rand_like(w)
+    whole = fit_uniform(w, 3, method="mse", symmetric=symmetric, weights=wt)
+    monkeypatch.setattr(uniform_module, "_SEARCH_ROWS", 3)  # blocks of 3, 3 and 1 rows
+    blocks = fit_uniform(w, 3, method="mse", symmetric=symmetric, weights=wt)
+    assert torch.equal(blocks.scale, whole.scale) and torch.equal(blocks.zero, whole.zero)
+    shuffled = fit_uniform(w.flip(0), 3, method="mse", symmetric=symmetric, weights=wt.flip(0))  # rows stay apart
+    assert torch.equal(shuffled.scale.flip(0), whole.scale)
 
 
 @pytest.mark.parametrize("group_size", [16, 20, None, 500])
