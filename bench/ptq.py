@@ -8,7 +8,8 @@ against storable bits (`bayesquant bench ptq` runs this script).
 
 A config is METHOD:BITS:GROUP[:FLAG...] with GROUP 0 meaning per output channel, or `fp32` for the
 unquantized model. Flags: `act` (--act-order), `noact` (--no-act-order), `storable` (BITS is a storable
-budget: bayesq, baq), `mse` (--grid mse), `NAME=VALUE` (passed as --NAME VALUE, e.g. rounds=2). Peak RSS is
+budget: bayesq, baq), `mse` (--grid mse), `NAME=VALUE` (passed as --NAME VALUE, e.g. rounds=2, or
+embedding_bits=4 to round the embedding tables too; the table's "file MB" column then shows it). Peak RSS is
 that of quantizing and saving (the evaluation's own peak is in the JSON). `--also-data SPEC` evaluates
 every saved model on a second SPEC too (e.g. the off-domain `fortunes:test` for a language model). `--calib SPEC`
 calibrates every configuration on SPEC, e.g. `images:DIR` for EfficientNet; an evaluation SPEC without labels (an
@@ -56,6 +57,19 @@ def also_evaluate(model_or_dir: str, spec: str, work: Path, slug: str) -> dict:
     return {f"{key}_also": r[key], "also_data": spec, "also_eval_seconds": r["seconds"]}
 
 
+def float_mb(model: str) -> float:
+    """Megabytes of the float model's tensors, as a safetensors file would hold them (tied tensors once)."""
+    from bayesquant.io import size_report
+    from bayesquant.models import load_model
+
+    return size_report(load_model(model))["other_bytes"] / 1e6
+
+
+def file_mb(r: dict) -> str:
+    """The checkpoint's size in MB (rows measured before the size was recorded: a dash)."""
+    return f"{r['file_mb']:.1f}" if "file_mb" in r else "—"
+
+
 def run_config(model: str, config: str, data: str, work: Path, extra: list[str], also: str | None = None) -> dict:
     slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", config.replace(":", "_"))  # a file name, whatever the flags hold
     js = work / f"{slug}.json"
@@ -65,7 +79,8 @@ def run_config(model: str, config: str, data: str, work: Path, extra: list[str],
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         r = json.loads(js.read_text())
-        r |= {"nominal_bits": 32.0, "storable_bits": 32.0, "quantize_seconds": 0.0, "eval_seconds": r["seconds"]}
+        r |= {"nominal_bits": 32.0, "storable_bits": 32.0, "quantize_seconds": 0.0, "eval_seconds": r["seconds"],
+              "file_mb": float_mb(model)}  # fmt: skip
         return r | (also_evaluate(model, also, work, slug) if also else {})
     method, bits, group, *flags = config.split(":")
     out = work / slug
@@ -187,8 +202,8 @@ def seed_table(rows: list[dict], model: str, metric: str) -> str:
     scale = {**SCALE, "agreement": 100.0}
     digits = {"accuracy": 2, "perplexity": 2, "nll": 4, "ece": 4, "kl_to_reference": 2, "agreement": 2}
     lines = [
-        f"| {model} | seeds | storable bits | " + " | ".join(keys) + " | quantize s |",
-        "|---|---|---|" + "---|" * len(keys) + "---|",
+        f"| {model} | seeds | storable bits | file MB | " + " | ".join(keys) + " | quantize s |",
+        "|---|---|---|---|" + "---|" * len(keys) + "---|",
     ]
     for label in dict.fromkeys(r["label"] for r in rows):
         rs = [r for r in rows if r["label"] == label]
@@ -198,7 +213,10 @@ def seed_table(rows: list[dict], model: str, metric: str) -> str:
             cells.append(f"{m:.{digits[k]}f} ± {s:.{digits[k]}f}")
         bits = statistics.fmean(r["storable_bits"] for r in rs)
         secs = statistics.fmean(r["quantize_seconds"] for r in rs)
-        lines.append(f"| {label} | {len(rs)} | {bits:.3f} | " + " | ".join(cells) + f" | {secs:.0f} |")
+        size = (
+            file_mb(rs[0]) if all("file_mb" in r for r in rs) else "—"
+        )  # a checkpoint's size is the same at every seed
+        lines.append(f"| {label} | {len(rs)} | {bits:.3f} | {size} | " + " | ".join(cells) + f" | {secs:.0f} |")
     return "\n".join(lines)
 
 
@@ -256,8 +274,9 @@ def table(rows: list[dict], model: str, metric: str, also_data: str | None) -> s
     also = f" {metric} on {also_data} |" if also_data else ""
     calib = {"accuracy": " NLL | ECE |", "kl_to_reference": " agreement |"}.get(metric, "")
     lines = [
-        f"| {model} | nominal bits | storable bits | {metric} |{calib}{also} quantize s | peak RSS GB | eval s |",
-        "|---|---|---|---|" + "---|" * (calib.count("|") + also.count("|")) + "---|---|---|",
+        f"| {model} | nominal bits | storable bits | file MB | {metric} |{calib}{also} quantize s | peak RSS GB "
+        "| eval s |",
+        "|---|---|---|---|---|" + "---|" * (calib.count("|") + also.count("|")) + "---|---|---|",
     ]
     for r in rows:
         cells = ""
@@ -268,7 +287,8 @@ def table(rows: list[dict], model: str, metric: str, also_data: str | None) -> s
         if also:  # a pooled row run without the second SPEC has none
             cells += f" {fmt(r[f'{metric}_also'])} |" if f"{metric}_also" in r else " — |"
         lines.append(
-            f"| {r['label']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {fmt(r[metric])} |{cells} "
+            f"| {r['label']} | {r['nominal_bits']:.3f} | {r['storable_bits']:.3f} | {file_mb(r)} | "
+            f"{fmt(r[metric])} |{cells} "
             f"{r['quantize_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['eval_seconds']:.0f} |"
         )
     return "\n".join(lines)

@@ -58,18 +58,20 @@ def test_budget_table_for_perplexity_counts_lower_as_better():
 
 def test_seed_table_gives_mean_and_std_per_configuration():
     text = ptq.seed_table(ROWS, "m", "accuracy")
-    assert "| gptq:b | 2 | 3.090 | 77.50 ± 10.61 |" in text
-    assert "| fp32 | 1 | 32.000 | 99.00 ± 0.00 |" in text
+    assert "| gptq:b | 2 | 3.090 | — | 77.50 ± 10.61 |" in text  # rows measured before sizes were recorded
+    assert "| fp32 | 1 | 32.000 | — | 99.00 ± 0.00 |" in text
+    sized = [{**r, "file_mb": 12.25} for r in ROWS]
+    assert "| gptq:b | 2 | 3.090 | 12.2 | 77.50 ± 10.61 |" in ptq.seed_table(sized, "m", "accuracy")
 
 
 def test_run_table_marks_rows_measured_without_the_second_spec():
     base = {"nominal_bits": 3.0, "storable_bits": 3.0, "quantize_seconds": 1.0, "peak_rss_gb": 1.0, "eval_seconds": 1.0}
     rows = [{**base, "label": "gptq:3", "perplexity": 50.0},  # pooled from a run without --also-data
-            {**base, "label": "bayesq:3", "perplexity": 40.0, "perplexity_also": 44.5}]  # fmt: skip
+            {**base, "label": "bayesq:3", "perplexity": 40.0, "perplexity_also": 44.5, "file_mb": 61.04}]  # fmt: skip
     lines = ptq.table(rows, "m", "perplexity", "other:test").splitlines()
-    assert "perplexity on other:test" in lines[0]
-    assert lines[2].startswith("| gptq:3 | 3.000 | 3.000 | 50.00 | — |")
-    assert lines[3].startswith("| bayesq:3 | 3.000 | 3.000 | 40.00 | 44.50 |")
+    assert "perplexity on other:test" in lines[0] and "| file MB |" in lines[0]
+    assert lines[2].startswith("| gptq:3 | 3.000 | 3.000 | — | 50.00 | — |")
+    assert lines[3].startswith("| bayesq:3 | 3.000 | 3.000 | 61.0 | 40.00 | 44.50 |")
 
 
 def test_unlabelled_rows_are_compared_by_kl_to_the_float_model_lower_being_better():
