@@ -19,12 +19,19 @@ from bayesquant.errors import UserError
 from bayesquant.eval import predict_probs
 from bayesquant.io import load_quantized, save_quantized, size_report
 from bayesquant.models import FAMILIES, LoadedModel, Task, load_model, nets
-from bayesquant.nn import QuantEmbedding, QuantizedWeight, QuantLinear, quantize_module_inplace, set_dequant_cache
+from bayesquant.nn import (
+    QuantEmbedding,
+    QuantizedWeight,
+    QuantLinear,
+    QuantTiedLinear,
+    quantize_module_inplace,
+    set_dequant_cache,
+)
 from bayesquant.nn.layers import module_from_spec
-from bayesquant.solvers.embedding import embedding_targets, quantize_embedding
+from bayesquant.solvers.embedding import Table, embedding_targets, quantize_embedding
 from bayesquant.solvers.gptq import gptq_quantize
 from bayesquant.solvers.rtn import rtn_quantize
-from tests.test_cli import assert_one_line_error, run
+from tests.test_cli import run
 from tests.test_hf_dir import tiny_classifier, tiny_decoder, wordpiece  # noqa: F401 (a fixture)
 from tests.test_hf_dir import tokenizer as smollm_tokenizer  # noqa: F401 (a fixture)
 from tests.test_io import tiny_llama
@@ -103,13 +110,21 @@ def test_gptq_with_a_one_hot_input_is_round_to_nearest():
 
 def test_which_tables_are_taken(tmp_path, wordpiece):  # noqa: F811
     bert = load_model(tiny_classifier(tmp_path / "bert", wordpiece)).module
-    assert list(embedding_targets(bert)) == [
-        f"model.bert.embeddings.{t}_embeddings" for t in ("word", "position", "token_type")
-    ]
-    with pytest.raises(UserError, match=r"model.embed_tokens.weight is shared with lm_head.weight \(tied"):
-        embedding_targets(tiny_llama()[0])
+    tables = embedding_targets(bert)
+    assert list(tables) == [f"model.bert.embeddings.{t}_embeddings" for t in ("word", "position", "token_type")]
+    assert all(t.tied == () for t in tables.values())
+    llama = tiny_llama()[0]
+    assert embedding_targets(llama) == {"model.embed_tokens": Table(llama.model.embed_tokens, ("lm_head",))}
     with pytest.raises(UserError, match=r"LeNet5 has no nn\.Embedding"):
         embedding_targets(nets.LeNet5())
+    shared = nn.ModuleDict({"a": nn.Embedding(10, 4), "b": nn.Embedding(10, 4), "c": nn.Linear(4, 10)})
+    shared.b.weight = shared.a.weight
+    with pytest.raises(UserError, match=r"a.weight is shared with b.weight \(Embedding\); only an nn.Linear"):
+        embedding_targets(shared)
+    shared.b = nn.Embedding(10, 4)
+    shared.c.weight = shared.a.weight  # an output layer with a bias cannot read the table
+    with pytest.raises(UserError, match=r"shared with c.weight \(Linear\)"):
+        embedding_targets(shared)
 
 
 class Bag(nn.Module):
@@ -171,7 +186,7 @@ def test_a_classifier_quantizes_its_tables_saves_and_loads_them(tmp_path, wordpi
     assert meta["size"]["embeddings"]["storable_bits"] == pytest.approx(4 + 32 / 16)  # two float16 grids per 16
 
 
-def test_cli_reports_the_tables_and_refuses_tied_ones_before_quantizing(tmp_path, capsys, wordpiece, smollm_tokenizer):  # noqa: F811
+def test_cli_reports_the_tables(tmp_path, capsys, wordpiece):  # noqa: F811
     source = tiny_classifier(tmp_path / "mine", wordpiece)
     code, stdout, err = run(capsys, "quantize", "--model", str(source), "--method", "rtn", "--bits", "4",
                             "--embedding-bits", "8", "--out", str(tmp_path / "q"))  # fmt: skip
@@ -181,11 +196,43 @@ def test_cli_reports_the_tables_and_refuses_tied_ones_before_quantizing(tmp_path
     assert float(cells["embedding_storable_bits"]) == pytest.approx(8 + 32 / 32)  # per row: 32 bits over 32
     assert float(cells["file_mb"]) == pytest.approx((tmp_path / "q" / "model.safetensors").stat().st_size / 1e6,
                                                     abs=1e-4)  # fmt: skip
-    decoder = tiny_decoder(tmp_path / "dec", "llama", smollm_tokenizer)
-    code, _, err = run(capsys, "quantize", "--model", str(decoder), "--method", "rtn", "--bits", "4",
-                       "--embedding-bits", "4", "--out", str(tmp_path / "d"))  # fmt: skip
-    assert_one_line_error(code, err, "--embedding-bits", "shared with lm_head.weight")
-    assert not (tmp_path / "d").exists()
+
+
+def test_a_tied_table_is_packed_once_and_the_output_layer_reads_it(tmp_path, smollm_tokenizer):  # noqa: F811
+    source = load_model(tiny_decoder(tmp_path / "dec", "llama", smollm_tokenizer))
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        float_logits = source.module(ids).logits
+    result = quantize(source, QuantizeConfig(method="gptq", bits=4, nsamples=2, seq_len=32, embedding_bits=4))
+    model = result.model.module
+    head, table = model.lm_head, model.model.embed_tokens
+    assert isinstance(head, QuantTiedLinear) and head.table is table and head.tied_to == "model.embed_tokens"
+    out = result.save(tmp_path / "q")
+    again = load_model(out)
+    loaded_head, loaded_table = again.module.lm_head, again.module.model.embed_tokens
+    assert isinstance(loaded_head, QuantTiedLinear) and loaded_head.table is loaded_table
+    with torch.no_grad():
+        logits = again.module(ids).logits
+        assert torch.equal(logits, model(ids).logits)
+        hidden = again.module.model(ids).last_hidden_state
+        assert torch.equal(logits, F.linear(hidden, loaded_table.dequantized_weight()))  # the table is the head
+    assert not torch.equal(logits, float_logits)
+    size = again.meta["size"]
+    assert size["embeddings"]["tied"] == {"lm_head": "model.embed_tokens"}
+    assert size["embeddings"]["n_weights"] == smollm_tokenizer.vocab_size * 32  # the shared table counted once
+    assert "lm_head" not in {r["module"] for r in size["modules"]}
+    stored = bio._tensor_bytes(out / "model.safetensors")
+    assert not any(k.startswith("lm_head") for k in stored)
+    assert size["other_bytes"] < 4 * smollm_tokenizer.vocab_size * 32 / 10  # no float copy of the table is left
+
+
+def test_a_tied_output_layer_that_the_method_quantizes_is_refused():
+    tied = Bag()
+    tied.fc = nn.Linear(16, 30, bias=False)
+    tied.fc.weight = tied.emb.weight
+    loaded = LoadedModel("bag", tied.eval(), Task.TEXT, FAMILIES["small-net"])  # every Linear is a layer to round
+    with pytest.raises(UserError, match=r"emb is tied to fc, which --method rtn quantizes as a layer"):
+        quantize(loaded, QuantizeConfig(method="rtn", bits=4, embedding_bits=4))
 
 
 @pytest.mark.parametrize(

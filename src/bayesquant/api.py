@@ -368,6 +368,13 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
         from bayesquant.solvers.embedding import embedding_targets
 
         embeddings = embedding_targets(loaded.module)
+        quantized = set(loaded.family.quantizable_modules(loaded.module))
+        for name, table in embeddings.items():
+            if quantized & set(table.tied):
+                raise UserError(
+                    f"--embedding-bits: {name} is tied to {', '.join(sorted(quantized & set(table.tied)))}, which "
+                    f"--method {config.method.value} quantizes as a layer; the shared weight cannot take both"
+                )
     batches: list = []
     needs_hessian = spec.needs_hessian and not (config.method == Method.BAYESQ and config.solver == "rtn")
     if needs_hessian or config.distill_steps:
@@ -403,18 +410,22 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
     return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds, solve_log)
 
 
-def _quantize_embeddings(model: nn.Module, embeddings: dict[str, nn.Module], config: QuantizeConfig) -> dict:
-    """Round every table of `embeddings` and swap in its QuantEmbedding; returns what was done, by name."""
-    from bayesquant.nn.layers import quantize_module_inplace
+def _quantize_embeddings(model: nn.Module, tables: dict, config: QuantizeConfig) -> dict:
+    """Round every table of `tables` (`embedding_targets`) and swap in its QuantEmbedding, and a QuantTiedLinear
+    for every output layer tied to it; returns what was done, by name."""
+    from bayesquant.nn.layers import QuantTiedLinear, quantize_module_inplace, set_submodule
     from bayesquant.solvers.embedding import EMBEDDING_GRID, quantize_embedding
 
     done = {}
-    for name, emb in embeddings.items():
+    for name, table in tables.items():
         t = time.perf_counter()
-        qw = quantize_embedding(emb, config.embedding_bits, config.embedding_group_size)
-        quantize_module_inplace(model, name, qw)
+        qw = quantize_embedding(table.module, config.embedding_bits, config.embedding_group_size)
+        packed = quantize_module_inplace(model, name, qw)
+        for layer in table.tied:
+            set_submodule(model, layer, QuantTiedLinear.from_float(model.get_submodule(layer), packed, name))
         done[name] = {"bits": config.embedding_bits, "group_size": config.embedding_group_size,
-                      "grid": EMBEDDING_GRID, "shape": list(qw.shape), "seconds": time.perf_counter() - t}  # fmt: skip
+                      "grid": EMBEDDING_GRID, "shape": list(qw.shape), "tied": list(table.tied),
+                      "seconds": time.perf_counter() - t}  # fmt: skip
     return done
 
 

@@ -42,7 +42,14 @@ from torch import nn
 
 from bayesquant.errors import ModelError, UserError
 from bayesquant.models.zoo import HF_SOURCE, LoadedModel
-from bayesquant.nn.layers import module_from_spec, quant_tensor_names, quantized_modules, set_submodule
+from bayesquant.nn.layers import (
+    TIED,
+    QuantTiedLinear,
+    module_from_spec,
+    module_specs,
+    quant_tensor_names,
+    set_submodule,
+)
 from bayesquant.paths import atomic_dir
 
 __all__ = [
@@ -192,6 +199,8 @@ def _rows(specs: dict[str, dict], tensor_bytes: dict[str, int]) -> tuple[list[di
 
 def _report(specs: dict[str, dict], tensor_bytes: dict[str, int]) -> dict:
     """The size report from module specs and the stored bytes of every tensor (by state-dict name)."""
+    tied = {name: spec["tied_to"] for name, spec in specs.items() if spec.get("type") == TIED}  # no tensors
+    specs = {name: spec for name, spec in specs.items() if name not in tied}
     quant = {f"{name}.{t}" for name, spec in specs.items() for t in quant_tensor_names(spec)}
     missing = sorted(quant - tensor_bytes.keys())
     if missing:
@@ -210,6 +219,8 @@ def _report(specs: dict[str, dict], tensor_bytes: dict[str, int]) -> dict:
     if tables:  # quantized embedding tables, counted apart from the layers above
         emb_rows, emb = _rows(tables, tensor_bytes)
         report["embeddings"] = {**emb, "modules": emb_rows}
+        if tied:  # output layers that read a table: its weights, counted once
+            report["embeddings"]["tied"] = tied
     return report
 
 
@@ -227,7 +238,7 @@ def size_report(source: nn.Module | LoadedModel | str | Path) -> dict:
         sizes = _tensor_bytes(directory / WEIGHTS)
     else:
         module = source.module if isinstance(source, LoadedModel) else source
-        specs = {name: m.spec() for name, m in quantized_modules(module).items()}
+        specs = module_specs(module)
         sizes, seen = {}, set()
         for k, t in module.state_dict(keep_vars=True).items():
             ptr = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
@@ -248,7 +259,7 @@ def save_quantized(
     plan: dict | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write `model` (with QuantLinear/QuantConv2d modules) to `directory` atomically; returns the directory.
+    """Write `model` (with packed modules) to `directory` atomically; returns the directory.
 
     key: the zoo key the model was built from (load_quantized rebuilds it); method: e.g. "gptq";
     plan, extra: JSON-serialisable records kept in config.json. An existing `directory` is replaced only if
@@ -258,9 +269,9 @@ def save_quantized(
     module = model.module if isinstance(model, LoadedModel) else model
     hf = isinstance(model, LoadedModel) and model.meta.get("source") == HF_SOURCE
     directory = Path(directory)
-    specs = {name: m.spec() for name, m in quantized_modules(module).items()}
+    specs = module_specs(module)
     if not specs:
-        raise UserError("save_quantized: the model has no QuantLinear/QuantConv2d modules; quantize it first")
+        raise UserError("save_quantized: the model has no packed modules (QuantLinear, …); quantize it first")
     plan, extra = _json_ready("plan", plan), _json_ready("extra", extra)
     _check_target(directory)
     with atomic_dir(directory) as tmp:
@@ -311,7 +322,10 @@ def load_quantized(directory: str | Path, model: LoadedModel | None = None) -> L
             raise ModelError(f"{directory}: {exc}") from None
     loaded.key = config["key"]
     module = loaded.module
+    tied = {k: spec for k, spec in config["modules"].items() if isinstance(spec, dict) and spec.get("type") == TIED}
     for name, spec in config["modules"].items():
+        if name in tied:
+            continue  # after the tables they read
         try:
             old = module.get_submodule(name)
         except AttributeError:
@@ -327,6 +341,13 @@ def load_quantized(directory: str | Path, model: LoadedModel | None = None) -> L
                 f"in the checkpoint; {_RECREATE}"
             )
         set_submodule(module, name, new)
+    for name, spec in tied.items():
+        try:
+            table = module.get_submodule(str(spec.get("tied_to")))
+            module.get_submodule(name)
+            set_submodule(module, name, QuantTiedLinear(table, spec["tied_to"]))
+        except (AttributeError, TypeError) as exc:
+            raise ModelError(f"{directory}/{CONFIG}: tied module {name!r}: {exc}; {_RECREATE}") from None
     try:
         st_load_model(module, weights, strict=True)
     except Exception as exc:  # safetensors raises RuntimeError/SafetensorError for key or shape mismatches

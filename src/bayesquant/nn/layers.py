@@ -52,8 +52,10 @@ __all__ = [
     "QuantEmbedding",
     "QuantLinear",
     "QuantModule",
+    "QuantTiedLinear",
     "SegmentLayout",
     "module_from_spec",
+    "module_specs",
     "perm_storage",
     "quant_tensor_names",
     "quantize_module_inplace",
@@ -497,6 +499,50 @@ class QuantEmbedding(QuantModule):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, padding_idx={self.padding_idx}"
+
+
+class QuantTiedLinear(nn.Module):
+    """nn.Linear (no bias) whose weight is a QuantEmbedding's table: the output layer of tied input and output
+    embeddings (a language model's `lm_head`). It stores nothing itself: the table is held by reference, not as a
+    submodule, so its tensors are saved once, under the table's name (`tied_to`)."""
+
+    def __init__(self, table: QuantEmbedding, tied_to: str) -> None:
+        super().__init__()
+        if not isinstance(table, QuantEmbedding):
+            raise TypeError(f"QuantTiedLinear: tied_to={tied_to!r} is a {type(table).__name__}, not a QuantEmbedding")
+        self.tied_to = tied_to
+        self._table = (table,)  # a tuple, which nn.Module does not register: the table has one owner
+        self.out_features, self.in_features = table.weight_shape
+
+    @property
+    def table(self) -> QuantEmbedding:
+        return self._table[0]
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, table: QuantEmbedding, tied_to: str) -> QuantTiedLinear:
+        """The output layer `linear`, whose weight was the table now packed as `table` (at `tied_to`)."""
+        if type(linear).forward is not nn.Linear.forward or linear.bias is not None:
+            raise TypeError(f"{linear}: a tied output layer must be a plain nn.Linear without bias")
+        if tuple(linear.weight.shape) != table.weight_shape:
+            raise ValueError(f"{linear} does not fit the table {tied_to} of shape {table.weight_shape}")
+        return cls(table, tied_to).train(linear.training)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "tied_to": self.tied_to, "shape": [self.out_features, self.in_features]}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.table._weight(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tied_to={self.tied_to!r}"
+
+
+TIED = "QuantTiedLinear"
+
+
+def module_specs(model: nn.Module) -> dict[str, dict]:
+    """Qualified name → spec of every packed module and tied output layer, in registration order."""
+    return {name: m.spec() for name, m in model.named_modules() if isinstance(m, QuantModule | QuantTiedLinear)}
 
 
 QUANT_MODULES: dict[str, type[QuantModule]] = {

@@ -7,15 +7,18 @@ vocabulary, 2·XXᵀ/N, is diagonal (the token counts) and GPTQ's update of the 
 GPTQ on an embedding table is round-to-nearest. Every row is rounded on its own; how often a token occurs changes
 nothing about which grid is best for its row.
 
-Input and output embeddings that share one weight (SmolLM2's `tie_word_embeddings`) are refused: quantizing the
-table would quantize the output layer too, which every method here keeps in floating point.
+Input and output embeddings that share one weight (SmolLM2's `tie_word_embeddings`) are quantized once: the
+output layer then reads the packed table (`QuantTiedLinear`), so the rounding of the table is the output layer's
+too — per-row grids there are per-output-channel grids, as RTN gives a Linear layer.
 
 >>> from bayesquant.solvers.embedding import embedding_targets, quantize_embedding
 >>> targets = embedding_targets(model)  # doctest: +SKIP
->>> qw = quantize_embedding(targets["bert.embeddings.word_embeddings"], bits=4)  # doctest: +SKIP
+>>> qw = quantize_embedding(targets["bert.embeddings.word_embeddings"].module, bits=4)  # doctest: +SKIP
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -23,14 +26,22 @@ from bayesquant.errors import UserError
 from bayesquant.nn.qweight import QuantizedWeight
 from bayesquant.solvers.rtn import rtn_quantize
 
-__all__ = ["EMBEDDING_GRID", "embedding_targets", "quantize_embedding"]
+__all__ = ["EMBEDDING_GRID", "Table", "embedding_targets", "quantize_embedding"]
 
 EMBEDDING_GRID = "mse"  # the range search of `fit_uniform`; its first candidate is the min–max range
 
 
-def embedding_targets(model: nn.Module) -> dict[str, nn.Embedding]:
-    """Qualified name → every nn.Embedding of `model` to quantize; UserError when there is none, or when one
-    shares its weight with another module (tied input/output embeddings) or cannot be packed."""
+@dataclass(frozen=True)
+class Table:
+    """An embedding table to quantize and the output layers (nn.Linear, no bias) that share its weight."""
+
+    module: nn.Embedding
+    tied: tuple[str, ...] = ()
+
+
+def embedding_targets(model: nn.Module) -> dict[str, Table]:
+    """Qualified name → every nn.Embedding of `model` to quantize, with the layers tied to it; UserError when there
+    is none, or when one cannot be packed or shares its weight with something other than a plain output layer."""
     found = {name: m for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
     if not found:
         raise UserError(
@@ -39,18 +50,26 @@ def embedding_targets(model: nn.Module) -> dict[str, nn.Embedding]:
     owners: dict[int, list[str]] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(pname)
+    tables = {}
     for name, emb in found.items():
-        others = [p for p in owners[id(emb.weight)] if p != f"{name}.weight"]
-        if others:
-            raise UserError(
-                f"--embedding-bits: {name}.weight is shared with {', '.join(others)} (tied input and output "
-                "embeddings); quantizing it would quantize that output layer too, which stays in floating point. "
-                "Leave --embedding-bits out for this model"
-            )
         if type(emb).forward is not nn.Embedding.forward or emb.max_norm is not None:
             why = "max_norm renormalises rows at lookup" if emb.max_norm is not None else "it overrides forward"
             raise UserError(f"--embedding-bits: {name} ({type(emb).__name__}) cannot be packed: {why}")
-    return found
+        tied = []
+        for pname in owners[id(emb.weight)]:
+            if pname == f"{name}.weight":
+                continue
+            owner, _, attr = pname.rpartition(".")
+            layer = model.get_submodule(owner)
+            plain = type(layer).forward is nn.Linear.forward and layer.bias is None
+            if attr != "weight" or not isinstance(layer, nn.Linear) or not plain:
+                raise UserError(
+                    f"--embedding-bits: {name}.weight is shared with {pname} ({type(layer).__name__}); only an "
+                    "nn.Linear output layer without bias can read a packed table. Leave --embedding-bits out"
+                )
+            tied.append(owner)
+        tables[name] = Table(emb, tuple(tied))
+    return tables
 
 
 def quantize_embedding(emb: nn.Embedding, bits: int, group_size: int | None = None) -> QuantizedWeight:
