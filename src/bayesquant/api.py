@@ -389,7 +389,7 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
                                     temperature=config.distill_temperature, seed=config.seed)  # fmt: skip
     calib_seconds = time.perf_counter() - start
     if embeddings:  # before the layers: their calibration inputs then come from the rounded tables
-        solve_log.embeddings = _quantize_embeddings(loaded.module, embeddings, config)
+        solve_log.embeddings = quantize_embeddings(loaded.module, embeddings, config)
     report = quantize_sequential(
         loaded.module,
         loaded.family,
@@ -410,7 +410,7 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
     return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds, solve_log)
 
 
-def _quantize_embeddings(model: nn.Module, tables: dict, config: QuantizeConfig) -> dict:
+def quantize_embeddings(model: nn.Module, tables: dict, config: QuantizeConfig) -> dict:
     """Round every table of `tables` (`embedding_targets`) and swap in its QuantEmbedding, and a QuantTiedLinear
     for every output layer tied to it; returns what was done, by name."""
     from bayesquant.nn.layers import QuantTiedLinear, quantize_module_inplace, set_submodule

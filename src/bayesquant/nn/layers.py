@@ -128,7 +128,7 @@ def quant_tensor_names(spec: dict) -> list[str]:
 
 
 class QuantModule(nn.Module):
-    """Storage, dequantization and spec shared by `QuantLinear` and `QuantConv2d`."""
+    """Storage, dequantization and spec shared by `QuantLinear`, `QuantConv2d` and `QuantEmbedding`."""
 
     float_type: ClassVar[type[nn.Module]] = nn.Module
 
