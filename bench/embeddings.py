@@ -1,9 +1,10 @@
 """What rounding the embedding tables alone costs: the float model with only its tables quantized (as
-`--embedding-bits` rounds them; a tied output layer reads the rounded table), at several widths, evaluated on
-a test SPEC. Prints a markdown table and writes JSON.
+`--embedding-bits` rounds them; a tied output layer reads the rounded table, which is then rounded by GPTQ for that
+layer on `--nsamples` calibration windows of bbc-news:train), at several widths, evaluated on a test SPEC. Prints a
+markdown table and writes JSON.
 
     .venv/bin/python bench/embeddings.py --model minilm-bbc --widths 8 6 5 4 3 2 2:32
-    .venv/bin/python bench/embeddings.py --model smollm2-135m --max-windows 40 --widths 8 6 5 4 4:64 3:64
+    .venv/bin/python bench/embeddings.py --model smollm2-135m --max-windows 40 --nsamples 16 --widths 8 5 4 4:64
 
 A width is BITS or BITS:GROUP (GROUP entries of a row per grid; default one grid per row).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from bayesquant.api import quantize_embeddings
 from bayesquant.config import QuantizeConfig
+from bayesquant.data.calibration import calibration_batches
 from bayesquant.eval import evaluate
 from bayesquant.io import size_report
 from bayesquant.models import load_model
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--data", help="evaluation SPEC (default: bbc-news:test)")
     parser.add_argument("--widths", nargs="+", default=["8", "6", "5", "4", "3"], help="BITS or BITS:GROUP")
     parser.add_argument("--max-windows", type=int, help="language models: evaluate the first N windows")
+    parser.add_argument("--nsamples", type=int, help="calibration windows for a tied table (default: the model's)")
     parser.add_argument("--out", help="JSON output (default bench/out/embeddings-MODEL.json)")
     args = parser.parse_args()
     data = args.data or DEFAULT_DATA.get(args.model, "bbc-news:test")
@@ -41,6 +44,9 @@ def main() -> None:
     n_table = sum(t.module.weight.numel() for t in tables.values())
     for name, t in tables.items():
         print(f"table {name} {tuple(t.module.weight.shape)}" + (f", tied to {', '.join(t.tied)}" if t.tied else ""))
+    batches = None
+    if any(t.tied for t in tables.values()):  # rounded for the output layer: its input Hessian on calibration data
+        batches = calibration_batches(base, None, args.nsamples, 512, 0)
     metric = "perplexity" if base.task.value == "causal_lm" else "accuracy"
     rows = []
     path = Path(args.out or f"bench/out/embeddings-{Path(args.model).name}.json")
@@ -53,7 +59,7 @@ def main() -> None:
             )
             model = copy.deepcopy(base)
             t = time.perf_counter()
-            quantize_embeddings(model.module, embedding_targets(model.module), config)
+            quantize_embeddings(model.module, embedding_targets(model.module), config, batches)
             seconds = time.perf_counter() - t
             table_mb = size_report(model)["embeddings"]["bytes"] / 1e6
         r = evaluate(model, data, max_windows=args.max_windows)

@@ -65,6 +65,26 @@ def test_a_lookup_returns_the_dequantized_rows(dim, bits, group_size):
     assert torch.equal(emb(ids), out)
 
 
+def test_a_table_rounded_for_its_tied_output_layer_lowers_that_layers_error():
+    torch.manual_seed(0)
+    table = nn.Embedding(64, 24).double()
+    mix = torch.randn(24, 24, dtype=torch.float64)
+    X = torch.randn(500, 24, dtype=torch.float64) @ mix  # correlated hidden states, as an output layer sees
+    H = 2 * X.T @ X / len(X)
+    W = table.weight.detach().float()
+
+    def output_error(qw):
+        return float(((qw.dequantize() - W) @ H.float() @ (qw.dequantize() - W).T).trace())
+
+    for group_size in (None, 8):
+        gptq = quantize_embedding(table, 3, group_size, H=H.float())
+        assert output_error(gptq) < 0.8 * output_error(quantize_embedding(table, 3, group_size))
+        assert (gptq.perm is not None) == (group_size is not None)  # act-order groups: columns stored permuted
+        emb = packed(table, gptq)
+        ids = torch.tensor([5, 63, 0, 5])
+        assert torch.equal(emb(ids), F.embedding(ids, emb.dequantized_weight().double()))
+
+
 def test_codebook_tables_and_the_dtype_follow_the_module():
     torch.manual_seed(0)
     table = nn.Embedding(12, 8)
@@ -181,6 +201,7 @@ def test_a_classifier_quantizes_its_tables_saves_and_loads_them(tmp_path, wordpi
     meta = again.meta
     assert set(meta["extra"]["embeddings"]) == set(embedding_targets(load_model(tmp_path / "mine").module))
     assert meta["extra"]["config"]["embedding_bits"] == 4
+    assert {e["grid"] for e in meta["extra"]["embeddings"].values()} == {"mse"}  # lookups only: nearest rounding
     n_table = sum(math.prod(s["shape"]) for s in meta["modules"].values() if s["type"] == "QuantEmbedding")
     assert meta["size"]["embeddings"]["n_weights"] == n_table
     assert meta["size"]["embeddings"]["storable_bits"] == pytest.approx(4 + 32 / 16)  # two float16 grids per 16
@@ -217,6 +238,7 @@ def test_a_tied_table_is_packed_once_and_the_output_layer_reads_it(tmp_path, smo
         hidden = again.module.model(ids).last_hidden_state
         assert torch.equal(logits, F.linear(hidden, loaded_table.dequantized_weight()))  # the table is the head
     assert not torch.equal(logits, float_logits)
+    assert again.meta["extra"]["embeddings"]["model.embed_tokens"]["grid"] == "gptq-minmax"  # for the output layer
     size = again.meta["size"]
     assert size["embeddings"]["tied"] == {"lm_head": "model.embed_tokens"}
     assert size["embeddings"]["n_weights"] == smollm_tokenizer.vocab_size * 32  # the shared table counted once

@@ -377,7 +377,8 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
                 )
     batches: list = []
     needs_hessian = spec.needs_hessian and not (config.method == Method.BAYESQ and config.solver == "rtn")
-    if needs_hessian or config.distill_steps:
+    tied = any(t.tied for t in embeddings.values())  # a tied table is rounded for its output layer: calibration
+    if needs_hessian or config.distill_steps or tied:
         batches = calibration_batches(loaded, config.calib, config.nsamples, config.seq_len, config.seed)
     teacher = None
     if config.distill_steps:  # from the float model, before the driver overwrites its weights
@@ -389,7 +390,7 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
                                     temperature=config.distill_temperature, seed=config.seed)  # fmt: skip
     calib_seconds = time.perf_counter() - start
     if embeddings:  # before the layers: their calibration inputs then come from the rounded tables
-        solve_log.embeddings = quantize_embeddings(loaded.module, embeddings, config)
+        solve_log.embeddings = quantize_embeddings(loaded.module, embeddings, config, batches)
     report = quantize_sequential(
         loaded.module,
         loaded.family,
@@ -410,21 +411,28 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
     return QuantizeResult(loaded, config, report, time.perf_counter() - start, calib_seconds, solve_log)
 
 
-def quantize_embeddings(model: nn.Module, tables: dict, config: QuantizeConfig) -> dict:
+def quantize_embeddings(model: nn.Module, tables: dict, config: QuantizeConfig, batches: list | None = None) -> dict:
     """Round every table of `tables` (`embedding_targets`) and swap in its QuantEmbedding, and a QuantTiedLinear
-    for every output layer tied to it; returns what was done, by name."""
+    for every output layer tied to it; returns what was done, by name. A tied table is rounded by GPTQ for its
+    output layer, with that layer's input Hessian on the calibration `batches` (needed then)."""
     from bayesquant.nn.layers import QuantTiedLinear, quantize_module_inplace, set_submodule
-    from bayesquant.solvers.embedding import EMBEDDING_GRID, quantize_embedding
+    from bayesquant.solvers.embedding import EMBEDDING_GRID, output_hessian, quantize_embedding
 
     done = {}
     for name, table in tables.items():
         t = time.perf_counter()
-        qw = quantize_embedding(table.module, config.embedding_bits, config.embedding_group_size)
+        H = None
+        if table.tied:
+            if not batches:
+                raise UserError(f"--embedding-bits: {name} is tied to {table.tied[0]}; its rounding needs calibration")
+            H = output_hessian(model, model.get_submodule(table.tied[0]), batches)
+        qw = quantize_embedding(table.module, config.embedding_bits, config.embedding_group_size, H)
         packed = quantize_module_inplace(model, name, qw)
         for layer in table.tied:
             set_submodule(model, layer, QuantTiedLinear.from_float(model.get_submodule(layer), packed, name))
-        done[name] = {"bits": config.embedding_bits, "group_size": config.embedding_group_size,
-                      "grid": EMBEDDING_GRID, "shape": list(qw.shape), "tied": list(table.tied),
+        rounding = "gptq-minmax" if H is not None else EMBEDDING_GRID
+        done[name] = {"bits": config.embedding_bits, "group_size": config.embedding_group_size, "grid": rounding,
+                      "shape": list(qw.shape), "tied": list(table.tied),
                       "seconds": time.perf_counter() - t}  # fmt: skip
     return done
 

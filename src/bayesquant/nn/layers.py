@@ -431,7 +431,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 class QuantEmbedding(QuantModule):
     """nn.Embedding with a packed quantized table (num_embeddings, embedding_dim): one row per token, grouped
     along the embedding dimension. A lookup unpacks and dequantizes only the rows it needs (when each row takes
-    whole bytes: one segment, no permutation), so the float table is never built; the output has the dtype the
+    whole bytes in one segment), so the float table is never built; the output has the dtype the
     float embedding had (`dtype`, follows `.to(dtype)`)."""
 
     float_type = nn.Embedding
@@ -480,15 +480,17 @@ class QuantEmbedding(QuantModule):
     def rows(self, ids: Tensor) -> Tensor:
         """Float32 rows (len(ids), dim) of the table for a 1-D tensor of token ids."""
         lay = self.layouts[0]
-        if len(self.layouts) > 1 or self.perm_kind or lay.n_cols * lay.bits % 8:
+        if len(self.layouts) > 1 or lay.n_cols * lay.bits % 8:
             return self.dequantized_weight()[ids]
         row_bytes = lay.n_cols * lay.bits // 8
         packed = self.qweight_0.view(self.num_embeddings, row_bytes)[ids]  # (k, row_bytes): rows are byte-aligned
         codes = unpack_bits(packed.reshape(-1), lay.bits, len(ids) * lay.n_cols).view(len(ids), lay.n_cols)
         if lay.codebook_rows:
             book = self.codebook_0 if lay.codebook_rows == 1 else self.codebook_0[ids]
-            return dequantize_segment(codes, lay.group_size, codebook=book)
-        return dequantize_segment(codes, lay.group_size, self.scale_0[ids], self.zero_0[ids])
+            w = dequantize_segment(codes, lay.group_size, codebook=book)
+        else:
+            w = dequantize_segment(codes, lay.group_size, self.scale_0[ids], self.zero_0[ids])
+        return unpermute_columns(w, self.column_perm())  # a GPTQ-rounded (act-order) table: columns permuted
 
     def forward(self, ids: Tensor) -> Tensor:
         dtype = self.dtype_probe.dtype
