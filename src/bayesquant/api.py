@@ -370,10 +370,10 @@ def quantize(model: str | LoadedModel, config: QuantizeConfig) -> QuantizeResult
         embeddings = embedding_targets(loaded.module)
         quantized = set(loaded.family.quantizable_modules(loaded.module))
         for name, table in embeddings.items():
-            if quantized & set(table.tied):
+            if both := sorted(quantized & set(table.tied)):
                 raise UserError(
-                    f"--embedding-bits: {name} is tied to {', '.join(sorted(quantized & set(table.tied)))}, which "
-                    f"--method {config.method.value} quantizes as a layer; the shared weight cannot take both"
+                    f"--embedding-bits: {name} is tied to {', '.join(both)}, which --method {config.method.value} "
+                    "quantizes as a layer; the shared weight cannot take both"
                 )
     batches: list = []
     needs_hessian = spec.needs_hessian and not (config.method == Method.BAYESQ and config.solver == "rtn")

@@ -44,6 +44,7 @@ from bayesquant.errors import ModelError, UserError
 from bayesquant.models.zoo import HF_SOURCE, LoadedModel
 from bayesquant.nn.layers import (
     TIED,
+    QuantEmbedding,
     QuantTiedLinear,
     module_from_spec,
     module_specs,
@@ -174,7 +175,7 @@ def _check_target(directory: Path) -> None:
 # ---------------------------------------------------------------- size
 
 
-EMBEDDING = "QuantEmbedding"  # reported apart: storable bits count the layers the method quantized
+EMBEDDING = QuantEmbedding.__name__  # reported apart: storable bits count the layers the method quantized
 
 
 def _rows(specs: dict[str, dict], tensor_bytes: dict[str, int]) -> tuple[list[dict], dict]:

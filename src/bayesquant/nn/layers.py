@@ -428,6 +428,10 @@ class QuantConv2d(QuantModule):
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")  # torch.bfloat16 -> "bfloat16", a key of _DTYPES
+
+
 class QuantEmbedding(QuantModule):
     """nn.Embedding with a packed quantized table (num_embeddings, embedding_dim): one row per token, grouped
     along the embedding dimension. A lookup unpacks and dequantizes only the rows it needs (when each row takes
@@ -464,14 +468,13 @@ class QuantEmbedding(QuantModule):
             raise TypeError(f"{type(emb).__name__} overrides nn.Embedding.forward; QuantEmbedding cannot replace it")
         if emb.max_norm is not None:
             raise TypeError(f"{emb}: max_norm renormalises the table in place at lookup; it cannot be packed")
-        dtype = next(k for k, v in _DTYPES.items() if v == emb.weight.dtype)
+        dtype = _dtype_name(emb.weight.dtype)
         m = cls(qw.shape, cls._layouts(qw), perm_storage(qw), False, emb.padding_idx, dtype, emb.weight.device)
         m._fill(qw, None)
         return m.train(emb.training)
 
     def _extra_spec(self) -> dict[str, Any]:
-        dtype = next(k for k, v in _DTYPES.items() if v == self.dtype_probe.dtype)
-        return {"padding_idx": self.padding_idx, "dtype": dtype}
+        return {"padding_idx": self.padding_idx, "dtype": _dtype_name(self.dtype_probe.dtype)}
 
     @classmethod
     def _extra_from_spec(cls, spec: dict) -> dict[str, Any]:
@@ -539,7 +542,7 @@ class QuantTiedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, tied_to={self.tied_to!r}"
 
 
-TIED = "QuantTiedLinear"
+TIED = QuantTiedLinear.__name__  # the spec type of a tied output layer
 
 
 def module_specs(model: nn.Module) -> dict[str, dict]:
