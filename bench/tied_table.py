@@ -1,0 +1,155 @@
+"""Where a tied embedding table loses when it is rounded, and what one width per token would win: the float model
+with only its tied table (input embeddings and output layer, e.g. SmolLM2's) rounded, evaluated on the first
+`--max-windows` windows of each SPEC. Prints a markdown table and writes JSON.
+
+    .venv/bin/python bench/tied_table.py --model smollm2-135m --bits 4 --averages 4 4.444 --max-windows 40
+
+Rows (rounded by GPTQ for the output layer unless said otherwise: act-order, Hessian of its inputs on `--nsamples`
+calibration windows of bbc-news:train, what `--embedding-bits` does with a tied table):
+- `BITS`, `BITS g64`: one width for every row, one grid per row or per 64 entries, read by both sides;
+- `BITS, output layer only` / `lookup only`: the same table read by one side, the other reading the float table;
+  `rounded to nearest, lookup only`: the lookup reading the table an untied one would get (nearest, `mse` grids);
+- `widths by KL, average A`: one width per row (token) from 2..8 bits, at least `--min-bits`, chosen by a
+  Lagrangian search that meets the average A: each row v costs, at width b, Σ_t KL(p_t ‖ p_t with logit v moved by
+  h_t·(Q_b(W)_v − W_v)), summed over the positions t of the first `--kl-windows` calibration windows (h_t the output
+  layer's input, p_t the float model's prediction). A row keeps one grid (two float16 numbers), so the table
+  stores A + 32/dim bits per entry plus each row's width (3 bits a row); `BITS g64` stores BITS + 0.5.
+
+The per-row widths are evaluated as float tables: the packed format has no per-row width classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from bayesquant.data.calibration import calibration_batches
+from bayesquant.eval import evaluate
+from bayesquant.models import load_model
+from bayesquant.paths import atomic_file
+from bayesquant.solvers.embedding import embedding_targets, output_hessian, quantize_embedding
+from bayesquant.solvers.gptq import gptq_quantize
+
+WIDTHS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def tied_table(model: nn.Module) -> tuple[nn.Embedding, nn.Linear]:
+    """The model's one tied table and the output layer that reads it."""
+    tied = [(t.module, t.tied) for t in embedding_targets(model).values() if t.tied]
+    if len(tied) != 1 or len(tied[0][1]) != 1:
+        raise SystemExit(f"--model: needs exactly one embedding table tied to one output layer, found {tied}")
+    emb, (head,) = tied[0]
+    return emb, model.get_submodule(head)
+
+
+@torch.no_grad()
+def kl_costs(model: nn.Module, head: nn.Linear, W: torch.Tensor, tables: dict, batches: list) -> torch.Tensor:
+    """(rows, len(WIDTHS)): Σ_t KL(p_t ‖ p_t with one row's logit moved by its rounding error), per row and width."""
+    hs = []
+    hook = head.register_forward_hook(lambda mod, args, out: hs.append(args[0].reshape(-1, args[0].shape[-1])))
+    try:
+        for args, kwargs in batches:
+            model(*args, **kwargs)
+    finally:
+        hook.remove()
+    h = torch.cat(hs).float()
+    lse = torch.cat([torch.logsumexp(h[i : i + 512] @ W.T, 1) for i in range(0, len(h), 512)])
+    costs = torch.zeros(W.shape[0], len(WIDTHS), dtype=torch.float64)
+    for j, bits in enumerate(tqdm(WIDTHS, desc="KL costs", unit="width")):
+        D = tables[bits] - W
+        for s in range(0, W.shape[0], 4096):
+            p = (h @ W[s : s + 4096].T - lse[:, None]).exp()
+            dz = h @ D[s : s + 4096].T  # the logit error of each row at each position
+            costs[s : s + 4096, j] = (torch.log1p(p * torch.expm1(dz)) - p * dz).sum(0).double()
+    return costs
+
+
+def allocate(costs: torch.Tensor, average: float, min_bits: int) -> torch.Tensor:
+    """Row → index into WIDTHS minimising Σ cost at a mean width ≤ `average` (bisection on the bit price)."""
+    bits = torch.tensor(WIDTHS, dtype=torch.float64)
+    if not min_bits <= average <= bits.max():
+        raise SystemExit(f"--averages {average}: must lie between --min-bits {min_bits} and {WIDTHS[-1]}")
+
+    def choice(price: float) -> torch.Tensor:
+        total = costs + price * bits
+        total[:, bits < min_bits] = float("inf")
+        return total.argmin(1)
+
+    lo, hi = 1e-12, 1e12
+    for _ in range(200):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if bits[choice(mid)].mean() > average else (lo, mid)
+    return choice(hi)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="zoo KEY or directory of a model with a tied table")
+    parser.add_argument("--data", nargs="+", default=["bbc-news:test", "fortunes:test"], help="evaluation SPECs")
+    parser.add_argument("--bits", type=int, default=4, help="the uniform rows' width")
+    parser.add_argument("--averages", type=float, nargs="+", default=[4.0, 4.444], help="mean widths per row")
+    parser.add_argument("--min-bits", type=int, default=3, help="narrowest row width of the per-row rows")
+    parser.add_argument("--max-windows", type=int, default=40, help="evaluate the first N windows of each SPEC")
+    parser.add_argument("--nsamples", type=int, default=16, help="calibration windows (bbc-news:train)")
+    parser.add_argument("--kl-windows", type=int, default=8, help="calibration windows for the KL costs")
+    parser.add_argument("--out", help="JSON output (default bench/out/tied-table-MODEL.json)")
+    args = parser.parse_args()
+    base = load_model(args.model)
+    emb, head = tied_table(base.module)
+    W = emb.weight.detach().float().clone()
+    batches = calibration_batches(base, None, args.nsamples, 512, 0)
+    t = time.perf_counter()
+    H = output_hessian(base.module, head, batches)
+    tables = {b: gptq_quantize(W, H, b, act_order=True).qweight.dequantize().float() for b in WIDTHS}
+    g64 = gptq_quantize(W, H, args.bits, group_size=64, act_order=True).qweight.dequantize().float()
+    nearest = quantize_embedding(emb, args.bits).dequantize().float()  # an untied table's rounding
+    costs = kl_costs(base.module, head, W, tables, batches[: args.kl_windows])
+    print(f"Hessian, roundings and KL costs: {time.perf_counter() - t:.0f} s")
+
+    rows = [("float", W, W, None), (f"{args.bits} bits", tables[args.bits], tables[args.bits], None),
+            (f"{args.bits} bits g64", g64, g64, None),
+            (f"{args.bits} bits, output layer only", W, tables[args.bits], None),
+            (f"{args.bits} bits, lookup only", tables[args.bits], W, None),
+            (f"{args.bits} bits rounded to nearest, lookup only", nearest, W, None)]  # fmt: skip
+    for average in args.averages:
+        pick = allocate(costs, average, args.min_bits)
+        mixed = torch.empty_like(W)
+        for j, bits in enumerate(WIDTHS):
+            mixed[pick == j] = tables[bits][pick == j]
+        counts = {bits: int((pick == j).sum()) for j, bits in enumerate(WIDTHS)}
+        rows.append((f"widths by KL, average {average:g}", mixed, mixed, counts))
+
+    path = Path(args.out or f"bench/out/tied-table-{Path(args.model).name}.json")
+    results = []
+    for name, lookup, output, counts in rows:
+        model = copy.deepcopy(base)  # the two sides untied, each with its own float table
+        model.module.get_submodule(_name(base.module, emb)).weight = nn.Parameter(lookup.clone())
+        model.module.get_submodule(_name(base.module, head)).weight = nn.Parameter(output.clone())
+        ppl = {spec: evaluate(model, spec, max_windows=args.max_windows)["perplexity"] for spec in args.data}
+        results.append({"row": name, "perplexity": ppl, "rows_per_width": counts})
+        print(results[-1], flush=True)
+        with atomic_file(path, "w") as fh:
+            settings = {"model": args.model, "max_windows": args.max_windows, "nsamples": args.nsamples}
+            settings |= {"kl_windows": args.kl_windows, "min_bits": args.min_bits}
+            json.dump({**settings, "rows": results}, fh, indent=2)
+    print("\n| tied table | " + " | ".join(args.data) + " | rows per width |\n" + "|---" * (len(args.data) + 2) + "|")
+    float_ppl = results[0]["perplexity"]
+    for r in results:
+        cells = [f"{v:.3f} ({100 * (v / float_ppl[s] - 1):+.1f} %)" for s, v in r["perplexity"].items()]
+        widths = ", ".join(f"{b}: {n}" for b, n in (r["rows_per_width"] or {}).items() if n) or "—"
+        print(f"| {r['row']} | " + " | ".join(cells) + f" | {widths} |")
+
+
+def _name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+if __name__ == "__main__":
+    main()
