@@ -2,18 +2,19 @@
 with only its tied table (input embeddings and output layer, e.g. SmolLM2's) rounded, evaluated on the first
 `--max-windows` windows of each SPEC. Prints a markdown table and writes JSON.
 
-    .venv/bin/python bench/tied_table.py --model smollm2-135m --bits 4 --averages 4 4.444 --max-windows 40
+    .venv/bin/python bench/tied_table.py --model smollm2-135m --bits 4 --max-windows 40
 
 Rows (rounded by GPTQ for the output layer unless said otherwise: act-order, Hessian of its inputs on `--nsamples`
 calibration windows of bbc-news:train, what `--embedding-bits` does with a tied table):
 - `BITS`, `BITS g64`: one width for every row, one grid per row or per 64 entries, read by both sides;
 - `BITS, output layer only` / `lookup only`: the same table read by one side, the other reading the float table;
   `rounded to nearest, lookup only`: the lookup reading the table an untied one would get (nearest, `mse` grids);
-- `widths by KL, average A`: one width per row (token) from 2..8 bits, at least `--min-bits`, chosen by a
-  Lagrangian search that meets the average A: each row v costs, at width b, Σ_t KL(p_t ‖ p_t with logit v moved by
-  h_t·(Q_b(W)_v − W_v)), summed over the positions t of the first `--kl-windows` calibration windows (h_t the output
-  layer's input, p_t the float model's prediction). A row keeps one grid (two float16 numbers), so the table
-  stores A + 32/dim bits per entry plus each row's width (3 bits a row); `BITS g64` stores BITS + 0.5.
+- `widths by KL, S bits per entry`: one width per row (token) from 2..8 bits, at least `--min-bits`, chosen by the
+  knapsack allocator (`bayesquant.allocation`) at a stored size of S bits per entry: codes, each row's grid (two
+  float16 numbers) and each row's width (3 bits); by default S is the size of the `BITS` table and of the
+  `BITS g64` table. Each row v costs, at width b, Σ_t KL(p_t ‖ p_t with logit v moved by h_t·(Q_b(W)_v − W_v)),
+  summed over the positions t of the first `--kl-windows` calibration windows (h_t the output layer's input, p_t
+  the float model's prediction).
 
 The per-row widths are evaluated as float tables: the packed format has no per-row width classes.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from bayesquant.allocation import Budget, CostTable, allocate
 from bayesquant.data.calibration import calibration_batches
 from bayesquant.eval import evaluate
 from bayesquant.models import load_model
@@ -38,6 +41,8 @@ from bayesquant.solvers.embedding import embedding_targets, output_hessian, quan
 from bayesquant.solvers.gptq import gptq_quantize
 
 WIDTHS = (2, 3, 4, 5, 6, 7, 8)
+GRID_BITS = 32  # a row's grid: float16 scale and zero
+MAP_BITS = math.ceil(math.log2(len(WIDTHS)))  # a row's width, in a map of the rows
 
 
 def tied_table(model: nn.Module) -> tuple[nn.Embedding, nn.Linear]:
@@ -71,22 +76,11 @@ def kl_costs(model: nn.Module, head: nn.Linear, W: torch.Tensor, tables: dict, b
     return costs
 
 
-def allocate(costs: torch.Tensor, average: float, min_bits: int) -> torch.Tensor:
-    """Row → index into WIDTHS minimising Σ cost at a mean width ≤ `average` (bisection on the bit price)."""
-    bits = torch.tensor(WIDTHS, dtype=torch.float64)
-    if not min_bits <= average <= bits.max():
-        raise SystemExit(f"--averages {average}: must lie between --min-bits {min_bits} and {WIDTHS[-1]}")
-
-    def choice(price: float) -> torch.Tensor:
-        total = costs + price * bits
-        total[:, bits < min_bits] = float("inf")
-        return total.argmin(1)
-
-    lo, hi = 1e-12, 1e12
-    for _ in range(200):
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if bits[choice(mid)].mean() > average else (lo, mid)
-    return choice(hi)
+def per_row_widths(costs: torch.Tensor, storable: float, min_bits: int, dim: int) -> torch.Tensor:
+    """(rows,) widths from WIDTHS, at least `min_bits`, minimising Σ cost (the project's knapsack allocator) at a
+    stored size of `storable` bits per entry: codes, each row's grid (two float16) and its width (MAP_BITS)."""
+    table = CostTable(costs, torch.full((len(costs),), float(dim)), WIDTHS, overhead=torch.tensor(GRID_BITS + MAP_BITS))
+    return allocate(table, Budget(storable, "storable"), "knapsack", min_bits=min_bits).bits
 
 
 def main() -> None:
@@ -94,7 +88,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="zoo KEY or directory of a model with a tied table")
     parser.add_argument("--data", nargs="+", default=["bbc-news:test", "fortunes:test"], help="evaluation SPECs")
     parser.add_argument("--bits", type=int, default=4, help="the uniform rows' width")
-    parser.add_argument("--averages", type=float, nargs="+", default=[4.0, 4.444], help="mean widths per row")
+    parser.add_argument("--storable", type=float, nargs="+", help="bits per entry of the per-row tables "
+                        "(codes, grids, widths; default: the sizes of the BITS and BITS g64 tables)")  # fmt: skip
     parser.add_argument("--min-bits", type=int, default=3, help="narrowest row width of the per-row rows")
     parser.add_argument("--max-windows", type=int, default=40, help="evaluate the first N windows of each SPEC")
     parser.add_argument("--nsamples", type=int, default=16, help="calibration windows (bbc-news:train)")
@@ -118,13 +113,15 @@ def main() -> None:
             (f"{args.bits} bits, output layer only", W, tables[args.bits], None),
             (f"{args.bits} bits, lookup only", tables[args.bits], W, None),
             (f"{args.bits} bits rounded to nearest, lookup only", nearest, W, None)]  # fmt: skip
-    for average in args.averages:
-        pick = allocate(costs, average, args.min_bits)
+    dim = W.shape[1]
+    for storable in args.storable or [args.bits + GRID_BITS / dim, args.bits + GRID_BITS / 64]:
+        widths = per_row_widths(costs, storable, args.min_bits, dim)
         mixed = torch.empty_like(W)
-        for j, bits in enumerate(WIDTHS):
-            mixed[pick == j] = tables[bits][pick == j]
-        counts = {bits: int((pick == j).sum()) for j, bits in enumerate(WIDTHS)}
-        rows.append((f"widths by KL, average {average:g}", mixed, mixed, counts))
+        for bits in WIDTHS:
+            mixed[widths == bits] = tables[bits][widths == bits]
+        counts = {bits: int((widths == bits).sum()) for bits in WIDTHS}
+        name = f"widths by KL, {storable:.3f} bits per entry (mean width {widths.double().mean():.3f})"
+        rows.append((name, mixed, mixed, counts))
 
     path = Path(args.out or f"bench/out/tied-table-{Path(args.model).name}.json")
     results = []
@@ -137,7 +134,7 @@ def main() -> None:
         print(results[-1], flush=True)
         with atomic_file(path, "w") as fh:
             settings = {"model": args.model, "max_windows": args.max_windows, "nsamples": args.nsamples}
-            settings |= {"kl_windows": args.kl_windows, "min_bits": args.min_bits}
+            settings |= {"kl_windows": args.kl_windows, "min_bits": args.min_bits}  # the per-row rows
             json.dump({**settings, "rows": results}, fh, indent=2)
     print("\n| tied table | " + " | ".join(args.data) + " | rows per width |\n" + "|---" * (len(args.data) + 2) + "|")
     float_ppl = results[0]["perplexity"]

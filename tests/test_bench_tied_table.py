@@ -34,9 +34,10 @@ def test_kl_cost_of_a_row_is_the_kl_of_moving_that_row_alone():
     assert torch.equal(exact, torch.zeros_like(exact))
 
 
-def test_allocation_meets_the_mean_width_and_widens_the_rows_that_gain_most():
+def test_per_row_widths_meet_the_stored_size_with_grids_and_width_map_counted():
     bits = torch.tensor(tied.WIDTHS, dtype=torch.float64)
     scale = torch.tensor([100.0, 1.0, 1.0, 0.01])[:, None]
     costs = scale * 4.0**-bits  # each bit quarters a row's cost; row 0 matters most, row 3 least
-    widths = bits[tied.allocate(costs, 4.5, 3)]
-    assert widths.tolist() == [7, 4, 4, 3]  # the bit price where rows 1, 2 take 4 bits gives row 0 seven
+    dim = tied.GRID_BITS + tied.MAP_BITS  # a row's grid and width then cost one bit per entry
+    widths = tied.per_row_widths(costs, 5.5, 3, dim)  # 4.5 code bits per entry: 18 bits over the four rows
+    assert widths.tolist() == [7, 4, 4, 3]  # the cheapest split of 18 bits with no row below 3
