@@ -38,7 +38,6 @@ from bayesquant.eval import evaluate
 from bayesquant.models import load_model
 from bayesquant.paths import atomic_file
 from bayesquant.solvers.embedding import embedding_targets, output_hessian, quantize_embedding
-from bayesquant.solvers.gptq import gptq_quantize
 
 WIDTHS = (2, 3, 4, 5, 6, 7, 8)
 GRID_BITS = 32  # a row's grid: float16 scale and zero
@@ -102,8 +101,8 @@ def main() -> None:
     batches = calibration_batches(base, None, args.nsamples, 512, 0)
     t = time.perf_counter()
     H = output_hessian(base.module, head, batches)
-    tables = {b: gptq_quantize(W, H, b, act_order=True).qweight.dequantize().float() for b in WIDTHS}
-    g64 = gptq_quantize(W, H, args.bits, group_size=64, act_order=True).qweight.dequantize().float()
+    tables = {b: quantize_embedding(emb, b, None, H).dequantize().float() for b in WIDTHS}  # as --embedding-bits
+    g64 = quantize_embedding(emb, args.bits, 64, H).dequantize().float()
     nearest = quantize_embedding(emb, args.bits).dequantize().float()  # an untied table's rounding
     costs = kl_costs(base.module, head, W, tables, batches[: args.kl_windows])
     print(f"Hessian, roundings and KL costs: {time.perf_counter() - t:.0f} s")
